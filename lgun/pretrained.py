@@ -1,0 +1,190 @@
+"""Self-describing LGUN weights: safetensors + a JSON config, sha256-checked.
+
+A weight set is two files side by side::
+
+    NAME.safetensors   the state dict (tensors only; no pickle is ever loaded)
+    NAME.json          {"name", "config", "sha256", "training", "metrics", ...}
+
+``sha256`` is the digest of the .safetensors file; loading refuses a mismatch.
+Shipped weights live in the package folder ``lgun/weights`` and are listed in
+``PRETRAINED`` below (the table a reader checks to know what exists).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lgun.model import LGUN, LGUNConfig
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class PretrainedInfo:
+    """One row of the shipped-weights table.
+
+    Attributes:
+        name: Name accepted by ``load_pretrained``.
+        scale: Upscaling factor.
+        domain: ``natural`` (T91 + BSD200) or ``aerial`` (AID-150 + RSSCN7 fine-tune).
+        description: One line for humans.
+    """
+
+    name: str
+    scale: int
+    domain: str
+    description: str
+
+    @property
+    def path(self) -> Path:
+        return WEIGHTS_DIR / f"{self.name}.safetensors"
+
+    @property
+    def available(self) -> bool:
+        """Whether the weight files are present in this installation."""
+        return self.path.is_file() and self.path.with_suffix(".json").is_file()
+
+
+#: Every name the project ships (or will ship: see ``available``).
+PRETRAINED: dict[str, PretrainedInfo] = {
+    info.name: info
+    for info in (
+        PretrainedInfo("lgun-x2", 2, "natural", "LGUN x2, natural images (T91 + BSD200)"),
+        PretrainedInfo("lgun-x3", 3, "natural", "LGUN x3, natural images (T91 + BSD200)"),
+        PretrainedInfo("lgun-x4", 4, "natural", "LGUN x4, natural images (T91 + BSD200)"),
+        PretrainedInfo("lgun-aid-x2", 2, "aerial", "LGUN x2, fine-tuned on AID-150 + RSSCN7"),
+        PretrainedInfo("lgun-aid-x3", 3, "aerial", "LGUN x3, fine-tuned on AID-150 + RSSCN7"),
+        PretrainedInfo("lgun-aid-x4", 4, "aerial", "LGUN x4, fine-tuned on AID-150 + RSSCN7"),
+    )
+}
+
+
+class WeightsError(RuntimeError):
+    """Weights are missing, corrupt or inconsistent with their config."""
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def list_pretrained(available_only: bool = False) -> list[PretrainedInfo]:
+    """Rows of the shipped-weights table, optionally only those installed."""
+    return [p for p in PRETRAINED.values() if p.available or not available_only]
+
+
+def save_weights(
+    model: LGUN,
+    path: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``path`` (.safetensors) and its JSON config side by side.
+
+    Args:
+        model: The network to save.
+        path: Destination; the suffix is forced to ``.safetensors``.
+        name: Name recorded in the JSON (defaults to the file stem).
+        metadata: Extra JSON-serialisable fields (``training``, ``metrics``, ...).
+
+    Returns:
+        The path of the written .safetensors file.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path).with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, path)
+    doc: dict[str, Any] = {"name": name or path.stem, "architecture": "LGUN"}
+    doc["config"] = model.config.to_dict()
+    doc.update(metadata or {})
+    doc["sha256"] = sha256_file(path)
+    path.with_suffix(".json").write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def resolve_weights(name_or_path: str | os.PathLike[str]) -> Path:
+    """Return the .safetensors path for a shipped name or a user path."""
+    s = str(name_or_path)
+    if s in PRETRAINED:
+        info = PRETRAINED[s]
+        if not info.available:
+            raise WeightsError(
+                f"weights {s!r} are listed but not shipped in this version "
+                f"(available: {[p.name for p in list_pretrained(True)] or 'none'})"
+            )
+        return info.path
+    p = Path(s)
+    if p.is_dir():
+        raise WeightsError(f"{p} is a directory; give the .safetensors file")
+    if p.suffix == ".json":
+        p = p.with_suffix(".safetensors")
+    if p.suffix != ".safetensors":
+        raise WeightsError(f"unknown weights {s!r}: not a shipped name nor a .safetensors file")
+    if not p.is_file():
+        raise WeightsError(f"weights file not found: {p}")
+    return p
+
+
+def read_weights_meta(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON document describing a weight set (no tensors are read)."""
+    p = resolve_weights(name_or_path)
+    j = p.with_suffix(".json")
+    if not j.is_file():
+        raise WeightsError(f"missing config {j} next to {p}")
+    try:
+        return json.loads(j.read_text())
+    except json.JSONDecodeError as e:
+        raise WeightsError(f"invalid JSON in {j}: {e}") from e
+
+
+def load_pretrained(
+    name_or_path: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    verify: bool = True,
+) -> LGUN:
+    """Build an LGUN from shipped weights (by name) or a .safetensors file.
+
+    Works offline: shipped weights are package data. The sha256 in the JSON config
+    is checked unless ``verify`` is False. The model is returned in eval mode with
+    ``model.meta`` set to the JSON document.
+
+    Raises:
+        WeightsError: unknown name, missing files, digest mismatch, or tensors that
+            do not fit the config.
+    """
+    from safetensors.torch import load_file
+
+    path = resolve_weights(name_or_path)
+    meta = read_weights_meta(path)
+    if verify:
+        digest = sha256_file(path)
+        if digest != meta.get("sha256"):
+            raise WeightsError(f"sha256 mismatch for {path}: {digest} != {meta.get('sha256')}")
+    try:
+        cfg = LGUNConfig.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise WeightsError(f"bad config in {path.with_suffix('.json')}: {e}") from e
+    model = LGUN(cfg)
+    state = load_file(str(path))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise WeightsError(f"{path} does not match its config: {e}") from e
+    model.meta = meta  # type: ignore[attr-defined]
+    return model.to(device).eval()

@@ -1,0 +1,1 @@
+"""Training, evaluation, benchmark and batch jobs (may import anything)."""
