@@ -1,0 +1,26 @@
+"""Layering: lgun needs no GIS stack, geosr imports no torch/dask at import time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def _loaded_after_import(module: str) -> set[str]:
+    code = f"import sys, {module}; print(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return {m.split(".")[0] for m in out.stdout.split()}
+
+
+@pytest.mark.parametrize(
+    ("module", "forbidden"),
+    [
+        ("lgun", {"rasterio", "dask", "distributed", "xarray", "geosr", "click"}),
+        ("geosr", {"torch", "dask", "distributed", "lgun"}),
+        ("geosr.cli", {"torch", "dask", "distributed"}),
+    ],
+)
+def test_import_does_not_pull_heavy_dependencies(module: str, forbidden: set[str]) -> None:
+    assert not (_loaded_after_import(module) & forbidden)
