@@ -3,7 +3,7 @@
 Depends on torch (and numpy/pillow for data and evaluation) only.
 """
 
-from lgun.model import VARIANTS, LGUN, LGUNConfig
+from lgun.model import LGUN, VARIANTS, LGUNConfig
 from lgun.pretrained import (
     PRETRAINED,
     PretrainedInfo,
