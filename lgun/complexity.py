@@ -8,9 +8,11 @@ What is counted: one multiply-add per weight per output element for every
 convolution (dense 1x1/3x3, depthwise and dilated depthwise, the SE layers on
 their 1x1 pooled maps, the reconstruction conv) and for the attention matmuls
 (q k^T and attn @ V in DGSA). Not counted (as in the SR literature): biases,
-normalisation, activations, softmax, top-k sorting, PixelShuffle. The totals come
-from ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2) on meta tensors, so
-no memory is allocated; the dense/depthwise split comes from module hooks.
+normalisation, activations, softmax, top-k sorting, PixelShuffle. Counts come from
+forward hooks on a model built on the meta device (no memory is allocated), by
+each layer's definition; ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2)
+runs alongside as an independent cross-check of the total (it also sees the few
+zero-padding MACs of the space-to-batch dilated convs).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Complexity:
     conv_depthwise: int
     attention: int
     attention_unfused_extra: int  # what summing k stage outputs separately would add
+    flop_counter_multi_adds: int  # FlopCounterMode's total, a cross-check
 
 
 def count(config: LGUNConfig, hr_width: int, hr_height: int) -> Complexity:
@@ -65,15 +68,16 @@ def count(config: LGUNConfig, hr_width: int, hr_height: int) -> Complexity:
         else:
             dense += macs
 
-    unfused_extra = 0
+    attention = unfused_extra = 0
 
     def dgsa_hook(m: nn.Module, inp: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
-        nonlocal unfused_extra
+        nonlocal attention, unfused_extra
         assert isinstance(m, DGSA)
         b, c, hh, ww = inp[0].shape
-        stages = max(1, len(m.topk))
-        # attn @ V per stage: heads * Dh * Dh * N = c * Dh * N.
-        unfused_extra += (stages - 1) * b * c * (c // m.num_heads) * hh * ww
+        # q k^T and attn @ V, each heads * Dh * Dh * N = c * Dh * N multiply-adds.
+        per_matmul = b * c * (c // m.num_heads) * hh * ww
+        attention += 2 * per_matmul
+        unfused_extra += (max(1, len(m.topk)) - 1) * per_matmul
 
     handles = []
     for mod in model.modules():
@@ -85,16 +89,16 @@ def count(config: LGUNConfig, hr_width: int, hr_height: int) -> Complexity:
         model(x)
     for hd in handles:
         hd.remove()
-    total = counter.get_total_flops() // 2
     return Complexity(
         scale=s,
         lr_size=(h, w),
         params=params,
-        multi_adds=total,
+        multi_adds=dense + depthwise + attention,
         conv_dense=dense,
         conv_depthwise=depthwise,
-        attention=total - dense - depthwise,
+        attention=attention,
         attention_unfused_extra=unfused_extra,
+        flop_counter_multi_adds=counter.get_total_flops() // 2,
     )
 
 

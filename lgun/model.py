@@ -108,12 +108,61 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Statistics in fp32: fp16 variance of 64 channels can underflow/overflow.
-        xf = x.float()
-        mean = xf.mean(1, keepdim=True)
-        var = (xf - mean).pow(2).mean(1, keepdim=True)
-        y = ((xf - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)
-        return y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        # F.layer_norm over the last dim of the NHWC view: a contiguous reduction for
+        # channels_last tensors. Statistics in fp32: fp16 variance can overflow.
+        y = F.layer_norm(
+            x.permute(0, 2, 3, 1).float(), (x.shape[1],), self.weight.float(),
+            self.bias.float(), self.eps,
+        )
+        return y.to(x.dtype).permute(0, 3, 1, 2)
+
+
+class Pointwise(nn.Conv2d):
+    """1x1 convolution evaluated as a matmul over the NHWC view.
+
+    Same parameters (and state-dict keys) as ``nn.Conv2d(cin, cout, 1)``. On CPU,
+    PyTorch routes 1x1 convs through an im2col path that is ~2x slower than the
+    equivalent ``F.linear`` on a channels_last tensor; the result is identical.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.view(self.out_channels, self.in_channels)
+        # (B, C, H, W) -> (B, H, W, C) -> linear -> (B, H, W, C') -> channels_last NCHW
+        return F.linear(x.permute(0, 2, 3, 1), w, self.bias).permute(0, 3, 1, 2)
+
+
+class DilatedDepthwise(nn.Conv2d):
+    """Depthwise dilated conv evaluated by space-to-batch ("atrous" trick).
+
+    A stride-1 conv with dilation d only mixes pixels of the same phase
+    (i mod d, j mod d), so it equals a dense (undilated) k x k depthwise conv on
+    each of the d*d sub-images, zero-padded by k//2. oneDNN's dilated depthwise
+    kernel is ~7x slower per MAC than its dense one on CPU; the result is identical
+    and the parameters are those of ``nn.Conv2d(..., dilation=d, groups=channels)``.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, dilation: int) -> None:
+        super().__init__(
+            channels, channels, kernel_size, padding=(kernel_size // 2) * dilation,
+            dilation=dilation, groups=channels,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.dilation[0]
+        b, c, h, w = x.shape
+        hp, wp = -(-h // d) * d, -(-w // d) * d
+        # Extra zeros at the end act as the zero padding the dilated conv would see.
+        x = F.pad(x, (0, wp - w, 0, hp - h))
+        # (B, C, Hp, Wp) -> (B*d*d, C, Hp/d, Wp/d): one sub-image per phase
+        x = x.reshape(b, c, hp // d, d, wp // d, d).permute(0, 3, 5, 1, 2, 4)
+        x = x.reshape(b * d * d, c, hp // d, wp // d)
+        y = F.conv2d(x, self.weight, self.bias, padding=self.kernel_size[0] // 2, groups=c)
+        # (B*d*d, C, Hp/d, Wp/d) -> (B, C, Hp, Wp)
+        y = y.reshape(b, d, d, c, hp // d, wp // d).permute(0, 3, 4, 1, 5, 2)
+        return y.reshape(b, c, hp, wp)[:, :, :h, :w]
 
 
 class LKCS(nn.Module):
@@ -122,11 +171,8 @@ class LKCS(nn.Module):
     def __init__(self, channels: int, k1: int, k2: int, dilation: int) -> None:
         super().__init__()
         self.dw = nn.Conv2d(channels, channels, k1, padding=k1 // 2, groups=channels)
-        self.dw_dilated = nn.Conv2d(
-            channels, channels, k2, padding=(k2 // 2) * dilation, dilation=dilation,
-            groups=channels,
-        )
-        self.pw = nn.Conv2d(channels, channels, 1)
+        self.dw_dilated = DilatedDepthwise(channels, k2, dilation)
+        self.pw = Pointwise(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pw(self.dw_dilated(self.dw(x)))
@@ -147,7 +193,7 @@ class MLHA(nn.Module):
         kernels: tuple[tuple[int, int, int], ...] = LKCS_KERNELS,
     ) -> None:
         super().__init__()
-        self.proj_in = nn.Conv2d(channels, channels, 1)
+        self.proj_in = Pointwise(channels, channels)
         self.stf = stf
         if stf:
             self.groups = len(kernels) + 1
@@ -156,7 +202,7 @@ class MLHA(nn.Module):
         else:
             self.groups = 1
             self.branches = nn.ModuleList([LKCS(channels, *IDENTICAL_LKCS_KERNELS[0])])
-        self.proj_out = nn.Conv2d(channels, channels, 1)
+        self.proj_out = Pointwise(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f_in = self.proj_in(x)
@@ -189,9 +235,9 @@ class DGSA(nn.Module):
         self.num_heads = num_heads
         head_dim = channels // num_heads
         self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
-        self.qkv = nn.Conv2d(channels, channels * 3, 1)
+        self.qkv = Pointwise(channels, channels * 3)
         self.qkv_dw = nn.Conv2d(channels * 3, channels * 3, 3, padding=1, groups=channels * 3)
-        self.proj_out = nn.Conv2d(channels, channels, 1)
+        self.proj_out = Pointwise(channels, channels)
         if topk_ratios is None:
             self.topk: tuple[int, ...] = ()
             self.stage_weights = None
@@ -252,10 +298,10 @@ class FFN(nn.Module):
     def __init__(self, channels: int, expansion: float, se_reduction: int) -> None:
         super().__init__()
         hidden = int(channels * expansion)
-        self.fc1 = nn.Conv2d(channels, hidden, 1)
+        self.fc1 = Pointwise(channels, hidden)
         self.dw = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
         self.se = SqueezeExcitation(hidden, se_reduction)
-        self.fc2 = nn.Conv2d(hidden, channels, 1)
+        self.fc2 = Pointwise(hidden, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.se(self.dw(self.fc1(x)))))

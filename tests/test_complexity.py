@@ -20,6 +20,8 @@ def test_params_and_multi_adds_within_table2_tolerance(scale: int) -> None:
     assert abs(c.multi_adds / 1e9 / madds_g - 1) <= 0.10
     assert c.conv_dense + c.conv_depthwise + c.attention == c.multi_adds
     assert c.attention > 0 and c.conv_depthwise > 0
+    # independent count by torch's FlopCounterMode agrees
+    assert abs(c.flop_counter_multi_adds / c.multi_adds - 1) < 0.005
 
 
 def test_multi_adds_scale_linearly_with_pixels() -> None:
