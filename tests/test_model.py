@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from lgun import LGUN, VARIANTS, LGUNConfig
-from lgun.model import DGSA, MLHA
+from lgun.model import DGSA, MLHA, DilatedDepthwise, Pointwise
 
 TINY = dict(channels=16, num_blocks=2, num_heads=4)
 
@@ -171,3 +171,30 @@ def test_config_round_trip_and_validation() -> None:
         LGUNConfig(variant="nope")
     with pytest.raises(ValueError):
         LGUNConfig.from_dict({"scale": 2, "bogus": 1})
+
+
+@pytest.mark.parametrize(("k", "d"), [(5, 2), (7, 3), (9, 4)])
+@pytest.mark.parametrize("size", [(12, 12), (7, 13), (2, 3)])
+def test_space_to_batch_dilated_conv_equals_dilated_conv(
+    k: int, d: int, size: tuple[int, int]
+) -> None:
+    torch.manual_seed(5)
+    m = DilatedDepthwise(6, k, d)
+    x = torch.randn(2, 6, *size, requires_grad=True)
+    ref = F.conv2d(x, m.weight, m.bias, padding=(k // 2) * d, dilation=d, groups=6)
+    out = m(x)
+    assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-5)
+    g = torch.randn_like(ref)
+    (gx,) = torch.autograd.grad(ref, x, g)
+    (gx2,) = torch.autograd.grad(m(x), x, g)
+    assert torch.allclose(gx, gx2, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pointwise_equals_1x1_conv(channels_last: bool) -> None:
+    torch.manual_seed(6)
+    m = Pointwise(8, 5)
+    x = torch.randn(2, 8, 7, 9)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    assert torch.allclose(m(x), F.conv2d(x, m.weight, m.bias), atol=1e-5)
