@@ -380,5 +380,8 @@ class LGUN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Super-resolve a (B, in_channels, H, W) batch to (B, in_channels, sH, sW)."""
+        # NHWC inside: the 1x1 convs are NHWC matmuls, and oneDNN's depthwise kernels
+        # (forward and backward) are 1.5-2.5x faster on channels_last tensors.
+        x = x.contiguous(memory_format=torch.channels_last)
         f = self.head(x)
-        return self.rec(self.blocks(f) + f)
+        return self.rec(self.blocks(f) + f).contiguous()
