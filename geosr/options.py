@@ -1,0 +1,47 @@
+"""Click options shared by the ``geosr`` commands (as ``rasterio.rio.options``)."""
+
+from __future__ import annotations
+
+import click
+
+from geosr.upscale import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
+
+scale_opt = click.option(
+    "--scale", "-s", type=int, required=True, help="Upscaling factor: 2, 3 or 4."
+)
+model_opt = click.option(
+    "--model", "-m", default=None, metavar="NAME|PATH",
+    help="bicubic, lanczos, nearest, a shipped LGUN name (lgun-aid-x4, lgun-x4, ...) or a "
+    ".safetensors file. Default: the best shipped weights for the scale, else bicubic.",
+)
+bands_opt = click.option(
+    "--bidx", "-b", "bands", default=None, metavar="LIST",
+    help="1-based bands, comma-separated (e.g. 4,3,2). Default: all but alpha.",
+)
+tile_size_opt = click.option(
+    "--tile-size", type=int, default=DEFAULT_TILE_SIZE, show_default=True,
+    help="Largest tile side in input pixels, overlap included.",
+)
+overlap_opt = click.option(
+    "--overlap", type=int, default=DEFAULT_OVERLAP, show_default=True,
+    help="Context shared with each neighbouring tile, per side, in input pixels.",
+)
+batch_size_opt = click.option(
+    "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, show_default=True,
+    help="Model inputs per call.",
+)
+device_opt = click.option(
+    "--device", default="auto", show_default=True, metavar="auto|cpu|cuda",
+    help="Device for neural models.",
+)
+creation_options_opt = click.option(
+    "--co", "--profile", "creation_options", multiple=True, metavar="NAME=VALUE",
+    help="Driver creation option, e.g. --co COMPRESS=ZSTD (repeatable).",
+)
+overwrite_opt = click.option(
+    "--overwrite", is_flag=True, default=False, help="Replace an existing output file."
+)
+aoi_opt = click.option(
+    "--aoi", type=click.Path(dir_okay=False), default=None,
+    help="GeoJSON or Shapefile polygon; only its extent is super-resolved.",
+)

@@ -1,0 +1,275 @@
+"""Quality checks of a super-resolved raster against its source (``geosr qa``).
+
+* LR consistency: the output block-averaged back to the input grid (s x s means
+  over valid pixels) against the input: mean absolute error per band, in stored
+  units and in physical units (scale/offset tags), and the mean spectral angle
+  between the input and the re-averaged pixel vectors (degrees; 2+ bands).
+* Seam score: mean absolute difference between neighbouring output pixels across
+  the tile borders of the run (unit and blend-zone edges, read from the GEOSR_*
+  tags) divided by the same mean everywhere else. 1.0 means the borders are as
+  smooth as the rest of the image; a visible seam pushes it above 1.
+* Clipped pixels (from the run's tags) and nodata coverage of input and output.
+
+Everything streams over row strips, so memory does not depend on the raster size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rasterio.windows import Window
+
+from geosr.errors import InputError
+from geosr.masks import describe_masks, read_valid
+from geosr.tiling import TileGrid
+
+
+class SeamAccumulator:
+    """Streaming seam score over row strips of an image.
+
+    Borders lie on input-pixel edges (multiples of ``scale``), and an upscaled
+    image is not stationary at the sub-pixel scale (a nearest-neighbour image only
+    changes there), so the reference is the other input-pixel edges, not every pair.
+
+    Args:
+        rows: Output rows ``p`` where a border lies between rows ``p - 1`` and ``p``.
+        cols: Output columns, likewise.
+        scale: Upscaling factor; reference pairs are those at multiples of it.
+    """
+
+    def __init__(self, rows: tuple[int, ...], cols: tuple[int, ...], scale: int = 1) -> None:
+        self.rows = set(rows)
+        self.cols = np.asarray(cols, dtype=np.int64)
+        self.scale = scale
+        self.border = [0.0, 0]  # sum, count
+        self.other = [0.0, 0]
+        self._last: tuple[np.ndarray, np.ndarray] | None = None
+        self._next_row = 0
+
+    def _acc(self, d: np.ndarray, v: np.ndarray, border: np.ndarray,
+             edge: np.ndarray) -> None:
+        b = border & v
+        o = ~border & edge & v
+        self.border[0] += float(d[b].sum())
+        self.border[1] += int(b.sum())
+        self.other[0] += float(d[o].sum())
+        self.other[1] += int(o.sum())
+
+    def add(self, strip: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Add the next strip (C, h, W) of rows (float), with optional validity."""
+        x = strip.astype(np.float64)
+        v = np.isfinite(x) if valid is None else (valid & np.isfinite(x))
+        c, h, w = x.shape
+        # Horizontal neighbours: pair (j-1, j) is diff index j-1.
+        dx = np.abs(x[:, :, 1:] - x[:, :, :-1])
+        vx = v[:, :, 1:] & v[:, :, :-1]
+        bx = np.zeros(w - 1, dtype=bool)
+        cols = self.cols[(self.cols >= 1) & (self.cols < w)]
+        bx[cols - 1] = True
+        ex = (np.arange(1, w) % self.scale) == 0
+        self._acc(dx, vx, np.broadcast_to(bx, dx.shape), np.broadcast_to(ex, dx.shape))
+        # Vertical neighbours, including the pair across the previous strip.
+        if self._last is not None:
+            lx, lv = self._last
+            x = np.concatenate([lx, x], axis=1)
+            v = np.concatenate([lv, v], axis=1)
+            first = self._next_row - 1
+        else:
+            first = 0
+        dy = np.abs(x[:, 1:] - x[:, :-1])
+        vy = v[:, 1:] & v[:, :-1]
+        rows_idx = np.arange(first + 1, first + 1 + dy.shape[1])
+        by = np.isin(rows_idx, list(self.rows))
+        ey = (rows_idx % self.scale) == 0
+        self._acc(dy, vy, np.broadcast_to(by[None, :, None], dy.shape),
+                  np.broadcast_to(ey[None, :, None], dy.shape))
+        self._last = (x[:, -1:], v[:, -1:])
+        self._next_row += h
+
+    @property
+    def score(self) -> float:
+        """Border gradient energy / elsewhere (NaN when undefined)."""
+        if not self.border[1] or not self.other[1] or self.other[0] == 0:
+            return math.nan
+        return (self.border[0] / self.border[1]) / (self.other[0] / self.other[1])
+
+
+def seam_score(image: np.ndarray, rows: tuple[int, ...], cols: tuple[int, ...],
+               scale: int = 1) -> float:
+    """Seam score of an in-memory (C, H, W) image for the given border positions."""
+    acc = SeamAccumulator(rows, cols, scale)
+    acc.add(image)
+    return acc.score
+
+
+def block_mean(x: np.ndarray, valid: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of the valid pixels of each s x s block of (C, sh, sw) arrays.
+
+    Returns:
+        ``(means, any_valid)`` of shape (C, h, w).
+    """
+    c, hh, ww = x.shape
+    h, w = hh // scale, ww // scale
+    xv = np.where(valid, x, 0.0).astype(np.float64).reshape(c, h, scale, w, scale)
+    n = valid.reshape(c, h, scale, w, scale).sum(axis=(2, 4))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = xv.sum(axis=(2, 4)) / n
+    return m, n > 0
+
+
+@dataclass
+class QAReport:
+    """Results of ``qa_report``.
+
+    Attributes:
+        src: Source path.
+        dst: Checked output path.
+        scale: Upscaling factor.
+        bands: Source bands compared with output bands 1..n.
+        mae: Mean absolute LR-consistency error per band, stored units.
+        mae_physical: The same in physical units (scale/offset tags).
+        spectral_angle_deg: Mean spectral angle (degrees), or ``None`` for one band.
+        seam_score: Border / elsewhere gradient ratio (1.0 = no seam), or NaN.
+        clipped: Clipped pixels per band recorded by the run, if known.
+        nodata_fraction_src: Fraction of invalid pixels in the source window.
+        nodata_fraction_dst: Fraction of invalid pixels in the output.
+        model: Model recorded in the output's tags.
+    """
+
+    src: str
+    dst: str
+    scale: int
+    bands: list[int]
+    mae: list[float]
+    mae_physical: list[float]
+    spectral_angle_deg: float | None
+    seam_score: float
+    clipped: list[int] | None
+    nodata_fraction_src: float
+    nodata_fraction_dst: float
+    model: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if isinstance(d["seam_score"], float) and math.isnan(d["seam_score"]):
+            d["seam_score"] = None
+        return d
+
+    def format(self) -> str:
+        mae = ", ".join(f"b{b}: {v:.4g}" for b, v in zip(self.bands, self.mae, strict=True))
+        sa = ("n/a (1 band)" if self.spectral_angle_deg is None
+              else f"{self.spectral_angle_deg:.4f} deg")
+        clipped = "unknown" if self.clipped is None else f"{sum(self.clipped)} {self.clipped}"
+        return "\n".join([
+            f"source:          {self.src}",
+            f"output:          {self.dst} (x{self.scale}, model {self.model or 'unknown'})",
+            f"LR MAE:          {mae}",
+            f"spectral angle:  {sa}",
+            f"seam score:      {self.seam_score:.3f} (1.0 = borders as smooth as elsewhere)",
+            f"clipped pixels:  {clipped}",
+            f"nodata fraction: source {self.nodata_fraction_src:.4f}, "
+            f"output {self.nodata_fraction_dst:.4f}",
+        ])
+
+
+def _int_list(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    return [int(t) for t in text.split(",") if t.strip()]
+
+
+def qa_report(src: str | Path, dst: str | Path, *, strip_rows: int = 128) -> QAReport:
+    """Compare a geosr output with its source (see the module docstring).
+
+    Args:
+        src: The source raster.
+        dst: The super-resolved raster.
+        strip_rows: Input rows per streaming strip.
+
+    Raises:
+        InputError: unreadable files or an output that does not match the source.
+    """
+    from geosr.upscale import open_source
+
+    with open_source(src) as s_ds, open_source(dst) as d_ds:
+        tags = d_ds.tags()
+        window_vals = _int_list(tags.get("GEOSR_SOURCE_WINDOW"))
+        if window_vals and len(window_vals) == 4:
+            window = Window(*window_vals)
+        else:
+            window = Window(0, 0, s_ds.width, s_ds.height)
+        w, h = int(window.width), int(window.height)
+        scale = int(tags["GEOSR_SCALE"]) if "GEOSR_SCALE" in tags else d_ds.width // max(w, 1)
+        if scale < 2 or d_ds.width != w * scale or d_ds.height != h * scale:
+            raise InputError(
+                f"{dst} ({d_ds.width} x {d_ds.height}) is not {src} window {w} x {h} "
+                f"upscaled by an integer factor"
+            )
+        bands = _int_list(tags.get("GEOSR_BANDS")) or list(
+            range(1, min(s_ds.count, d_ds.count) + 1))
+        n = len(bands)
+        if d_ds.count < n:
+            raise InputError(f"{dst} has {d_ds.count} bands, expected at least {n}")
+        tile = int(tags.get("GEOSR_TILE_SIZE", 0) or 0)
+        overlap = int(tags.get("GEOSR_OVERLAP", 0) or 0)
+        if tile:
+            grid = TileGrid(h, w, tile, overlap)
+            rows, cols = grid.border_positions(scale)
+        else:
+            rows, cols = (), ()
+        seams = SeamAccumulator(rows, cols, scale)
+        s_mask = describe_masks(s_ds, tuple(bands))
+        d_bands = tuple(range(1, n + 1))
+        d_mask = describe_masks(d_ds, d_bands)
+        abs_sum = np.zeros(n)
+        abs_phys = np.zeros(n)
+        count = np.zeros(n)
+        angle_sum, angle_n = 0.0, 0
+        inv_src = inv_dst = 0
+        scales = np.array([s_ds.scales[b - 1] for b in bands])[:, None]
+        offsets = np.array([s_ds.offsets[b - 1] for b in bands])[:, None]
+        for r in range(0, h, strip_rows):
+            rh = min(strip_rows, h - r)
+            lr_win = Window(window.col_off, window.row_off + r, w, rh)
+            hr_win = Window(0, r * scale, w * scale, rh * scale)
+            lr = s_ds.read(bands, window=lr_win).astype(np.float64)
+            lr_valid = read_valid(s_ds, tuple(bands), lr_win, lr, s_mask)
+            hr_raw = d_ds.read(list(d_bands), window=hr_win)
+            hr_valid = read_valid(d_ds, d_bands, hr_win, hr_raw, d_mask)
+            hr = hr_raw.astype(np.float64)
+            seams.add(hr, hr_valid)
+            down, down_valid = block_mean(hr, hr_valid, scale)
+            both = lr_valid & down_valid
+            diff = np.abs(down - lr)
+            abs_sum += np.where(both, diff, 0.0).reshape(n, -1).sum(axis=1)
+            abs_phys += np.where(both, diff * np.abs(scales[:, :, None]), 0.0).reshape(n, -1).sum(1)
+            count += both.reshape(n, -1).sum(axis=1)
+            inv_src += int((~lr_valid).sum())
+            inv_dst += int((~hr_valid).sum())
+            if n >= 2:
+                allv = both.all(axis=0)
+                a = (lr * scales[:, :, None] + offsets[:, :, None])[:, allv]
+                b = (down * scales[:, :, None] + offsets[:, :, None])[:, allv]
+                na = np.linalg.norm(a, axis=0)
+                nb = np.linalg.norm(b, axis=0)
+                ok = (na > 0) & (nb > 0)
+                cos = np.clip((a[:, ok] * b[:, ok]).sum(0) / (na[ok] * nb[ok]), -1.0, 1.0)
+                angle_sum += float(np.degrees(np.arccos(cos)).sum())
+                angle_n += int(ok.sum())
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mae = (abs_sum / count).tolist()
+            mae_phys = (abs_phys / count).tolist()
+        return QAReport(
+            src=str(src), dst=str(dst), scale=scale, bands=list(bands),
+            mae=[float(v) for v in mae], mae_physical=[float(v) for v in mae_phys],
+            spectral_angle_deg=(angle_sum / angle_n if angle_n else None) if n >= 2 else None,
+            seam_score=seams.score,
+            clipped=_int_list(tags.get("GEOSR_CLIPPED")),
+            nodata_fraction_src=inv_src / max(1, n * w * h),
+            nodata_fraction_dst=inv_dst / max(1, n * w * h * scale * scale),
+            model=tags.get("GEOSR_MODEL"),
+        )

@@ -1,0 +1,92 @@
+"""Helpers for tests and benchmarks: synthetic rasters, the shared corpus, tiny models.
+
+Not imported by the rest of geosr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path | None:
+    """The shared data folder (``$GEOSR_DATA`` or ``../shared/data``), if present."""
+    env = os.environ.get("GEOSR_DATA")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO_ROOT.parent / "shared" / "data")
+    for c in candidates:
+        if (c / "geotiff").is_dir():
+            return c
+    return None
+
+
+def smooth_field(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """A smooth-ish random field in [0, 1] of shape (C, H, W) (image-like test content)."""
+    rng = np.random.default_rng(seed)
+    c, h, w = shape
+    small = rng.random((c, max(2, h // 8 + 2), max(2, w // 8 + 2)))
+    ys = np.linspace(0, small.shape[1] - 1.001, h)
+    xs = np.linspace(0, small.shape[2] - 1.001, w)
+    y0, x0 = ys.astype(int), xs.astype(int)
+    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
+    out = np.empty((c, h, w))
+    for i in range(c):
+        s = small[i]
+        out[i] = ((1 - fy) * (1 - fx) * s[y0][:, x0] + (1 - fy) * fx * s[y0][:, x0 + 1]
+                  + fy * (1 - fx) * s[y0 + 1][:, x0] + fy * fx * s[y0 + 1][:, x0 + 1])
+    out += 0.05 * rng.standard_normal(out.shape)
+    return np.clip(out, 0, 1)
+
+
+def write_raster(path: str | Path, data: np.ndarray, *, crs: Any = "EPSG:32618",
+                 transform: Affine | None = None, nodata: float | None = None,
+                 mask: np.ndarray | None = None, **extra: Any) -> Path:
+    """Write a (C, H, W) array as a GeoTIFF; ``mask`` (H, W) bool adds an internal mask."""
+    path = Path(path)
+    c, h, w = data.shape
+    profile: dict[str, Any] = {
+        "driver": "GTiff", "width": w, "height": h, "count": c, "dtype": data.dtype.name,
+        "crs": CRS.from_user_input(crs) if crs else None,
+        "transform": transform or Affine(30.0, 0, 500000.0, 0, -30.0, 4000000.0),
+        "nodata": nodata,
+    }
+    profile.update(extra)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if mask is not None:
+            dst.write_mask(np.where(mask, 255, 0).astype(np.uint8))
+    return path
+
+
+def gdalinfo_json(path: str | Path) -> dict[str, Any]:
+    """``gdalinfo -json`` of ``path`` (the GDAL command-line tool)."""
+    out = subprocess.run(["gdalinfo", "-json", str(path)], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout)
+
+
+def tiny_lgun(scale: int = 2, seed: int = 0) -> Any:
+    """A small random-weight LGUN wrapped as an ``Upscaler`` (CPU, one thread).
+
+    One intra-op thread: tiny convolutions gain nothing from more, and on a busy
+    shared machine spinning OpenMP threads make them tens of times slower.
+    """
+    import torch
+
+    import lgun
+    from geosr.models import LGUNUpscaler
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    net = lgun.LGUN(scale=scale, channels=16, num_blocks=2, num_heads=4)
+    return LGUNUpscaler(net, name="tiny-lgun", device="cpu")
