@@ -82,7 +82,9 @@ def gdal_env_options() -> dict[str, Any]:
     """GDAL configuration for a run: a bounded block cache and internal masks."""
     opts: dict[str, Any] = {"GDAL_TIFF_INTERNAL_MASK": True}
     if "GDAL_CACHEMAX" not in os.environ:
-        opts["GDAL_CACHEMAX"] = DEFAULT_GDAL_CACHEMAX_MB
+        # rasterio hands this value to GDALSetCacheMax64, which takes bytes (the "< 100000
+        # means MB" rule applies only to the environment variable): 8 here would be 8 bytes.
+        opts["GDAL_CACHEMAX"] = DEFAULT_GDAL_CACHEMAX_MB << 20
     return opts
 
 

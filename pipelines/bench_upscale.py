@@ -215,11 +215,28 @@ def cmd_rss(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _peak_rss_mib() -> float:
+    """Peak RSS of this process image.
+
+    ``VmHWM`` belongs to the address space that ``execve`` creates, whereas Linux keeps
+    ``ru_maxrss`` across ``execve``: a child forked from a parent that has just written a
+    large scene would report the parent's RSS at fork time.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def cmd_child(args: argparse.Namespace) -> None:
     from geosr.upscale import upscale
 
     res = upscale(args.src, args.dst, scale=args.scale, model=args.model)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_rss_mib()
     print(json.dumps({"seconds": round(res.seconds, 1), "tiles": res.tiles,
                       "peak_rss_mib": round(peak, 1)}))
 
