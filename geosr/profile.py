@@ -104,7 +104,10 @@ def output_georef(src: Any, window: Window, scale: int) -> Georef:
         return Georef("gcps", crs, Affine.identity(), gcps=scaled)
     if kind == "rpcs":
         return Georef("rpcs", src.crs, Affine.identity(), rpcs=scale_rpcs(src.rpcs, scale))
-    transform = src.window_transform(window) @ Affine.scale(1.0 / scale)
+    # Composed here rather than with ``src.window_transform``, whose ``*`` operator is
+    # deprecated in affine 3 and warns on every call.
+    origin = Affine.translation(window.col_off, window.row_off)
+    transform = src.transform @ origin @ Affine.scale(1.0 / scale)
     return Georef(kind, src.crs, transform)
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
+from affine import Affine
 from rasterio.windows import Window
 
 #: (corpus file, column, row, bands) of the real scenes used by ``tiling``/``overhead``.
@@ -72,8 +73,8 @@ def _crop(src_path: Path, col: int, row: int, size: int, bands: tuple[int, ...],
         w = Window(col, row, min(size, src.width - col), min(size, src.height - row))
         profile = src.profile
         profile.update(width=int(w.width), height=int(w.height), count=len(bands),
-                       transform=src.window_transform(w), driver="GTiff", tiled=False,
-                       compress="deflate")
+                       transform=src.transform @ Affine.translation(w.col_off, w.row_off),
+                       driver="GTiff", tiled=False, compress="deflate")
         profile.pop("blockxsize", None)
         profile.pop("blockysize", None)
         with rasterio.open(dst, "w", **profile) as out:
