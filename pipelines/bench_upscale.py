@@ -1,6 +1,7 @@
 """Benchmarks of the geosr pipeline: tiling quality, pipeline overhead, peak memory.
 
     python -m pipelines.bench_upscale tiling   [--model NAME|PATH] [--scale 4] [--size 320]
+                                               [--tilings 256:16,192:16]
     python -m pipelines.bench_upscale overhead [--model NAME|PATH] [--scale 4] [--size 384]
     python -m pipelines.bench_upscale rss      [--model nearest|bicubic] [--sizes 2048,8192]
 
@@ -87,6 +88,11 @@ def _psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
     return math.inf if mse == 0 else 10 * math.log10(peak**2 / mse)
 
 
+def _parse_tilings(text: str) -> tuple[tuple[int, int], ...]:
+    """``"256:16,192:16"`` -> ((256, 16), (192, 16))."""
+    return tuple((int(t), int(o)) for t, o in (item.split(":") for item in text.split(",")))
+
+
 def cmd_tiling(args: argparse.Namespace) -> dict[str, Any]:
     from geosr.qa import seam_score
     from geosr.tiling import TileGrid
@@ -95,6 +101,7 @@ def cmd_tiling(args: argparse.Namespace) -> dict[str, Any]:
     root = _data_root()
     model = _model(args.model, args.scale)
     s = args.scale
+    tilings = _parse_tilings(args.tilings) if args.tilings else TILINGS
     rows_out = []
     with tempfile.TemporaryDirectory() as tmp:
         for file, col, row, bands in SCENES:
@@ -108,7 +115,7 @@ def cmd_tiling(args: argparse.Namespace) -> dict[str, Any]:
             t_whole = time.perf_counter() - t0
             with rasterio.open(whole_path) as ds:
                 whole = ds.read()
-            for tile, overlap in TILINGS:
+            for tile, overlap in tilings:
                 path = Path(tmp) / "tiled.tif"
                 t0 = time.perf_counter()
                 upscale(lr, path, scale=s, model=model, tile_size=tile, overlap=overlap,
@@ -131,7 +138,7 @@ def cmd_tiling(args: argparse.Namespace) -> dict[str, Any]:
     print(f"\nmodel: {model.name} ({model.provenance}), scale x{s}, LR crops {args.size}px")
     print(f"{'tile':>5} {'overlap':>7} {'min PSNR dB':>12} {'mean PSNR dB':>13} "
           f"{'seam tiled':>11} {'seam whole':>11}")
-    for tile, overlap in TILINGS:
+    for tile, overlap in tilings:
         sel = [r for r in rows_out if (r["tile_size"], r["overlap"]) == (tile, overlap)]
         ps = [r["psnr_tiled_vs_whole_db"] for r in sel]
         print(f"{tile:>5} {overlap:>7} {min(ps):>12.2f} {np.mean(ps):>13.2f} "
@@ -250,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--model", default=None, help="weights name/path, or 'random'")
     t.add_argument("--scale", type=int, default=4)
     t.add_argument("--size", type=int, default=320, help="LR crop side")
+    t.add_argument("--tilings", default=None,
+                   help="TILE:OVERLAP pairs, comma-separated (default: the built-in sweep)")
     o = sub.add_parser("overhead", help="model-only vs end-to-end time")
     o.add_argument("--model", default=None)
     o.add_argument("--scale", type=int, default=4)
