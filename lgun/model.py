@@ -127,8 +127,11 @@ class Pointwise(nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(in_channels, out_channels, 1)
+        self.fast = True  # False: plain nn.Conv2d path (reference for benchmarks/tests)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.fast:
+            return super().forward(x)
         w = self.weight.view(self.out_channels, self.in_channels)
         # (B, C, H, W) -> (B, H, W, C) -> linear -> (B, H, W, C') -> channels_last NCHW
         return F.linear(x.permute(0, 2, 3, 1), w, self.bias).permute(0, 3, 1, 2)
@@ -149,8 +152,11 @@ class DilatedDepthwise(nn.Conv2d):
             channels, channels, kernel_size, padding=(kernel_size // 2) * dilation,
             dilation=dilation, groups=channels,
         )
+        self.fast = True  # False: plain dilated nn.Conv2d path (reference)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.fast:
+            return super().forward(x)
         d = self.dilation[0]
         b, c, h, w = x.shape
         hp, wp = -(-h // d) * d, -(-w // d) * d
@@ -163,6 +169,18 @@ class DilatedDepthwise(nn.Conv2d):
         # (B*d*d, C, Hp/d, Wp/d) -> (B, C, Hp, Wp)
         y = y.reshape(b, d, d, c, hp // d, wp // d).permute(0, 3, 4, 1, 5, 2)
         return y.reshape(b, c, hp, wp)[:, :, :h, :w]
+
+
+def set_fast_kernels(model: nn.Module, enabled: bool) -> nn.Module:
+    """Switch the exact fast kernels (``Pointwise``, ``DilatedDepthwise``) on or off.
+
+    Off gives the plain ``nn.Conv2d`` evaluation of the same parameters: the naive
+    eager reference that benchmarks and tests compare against.
+    """
+    for m in model.modules():
+        if isinstance(m, (Pointwise, DilatedDepthwise)):
+            m.fast = enabled
+    return model
 
 
 class LKCS(nn.Module):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from lgun import LGUN, VARIANTS, LGUNConfig
-from lgun.model import DGSA, MLHA, DilatedDepthwise, Pointwise
+from lgun.model import DGSA, MLHA, DilatedDepthwise, Pointwise, set_fast_kernels
 
 TINY = dict(channels=16, num_blocks=2, num_heads=4)
 
@@ -198,3 +198,13 @@ def test_pointwise_equals_1x1_conv(channels_last: bool) -> None:
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     assert torch.allclose(m(x), F.conv2d(x, m.weight, m.bias), atol=1e-5)
+
+
+def test_fast_kernels_match_plain_convolutions_for_the_whole_model() -> None:
+    torch.manual_seed(7)
+    model = LGUN(scale=4).eval()
+    x = torch.rand(1, 3, 23, 17)
+    with torch.no_grad():
+        fast = model(x)
+        ref = set_fast_kernels(model, False)(x)
+    assert (fast - ref).abs().max() < 1e-4
