@@ -169,7 +169,8 @@ class QAReport:
             f"output:          {self.dst} (x{self.scale}, model {self.model or 'unknown'})",
             f"LR MAE:          {mae}",
             f"spectral angle:  {sa}",
-            f"seam score:      {self.seam_score:.3f} (1.0 = borders as smooth as elsewhere)",
+            (f"seam score:      {self.seam_score:.3f} (1.0 = borders as smooth as elsewhere)"
+             if not math.isnan(self.seam_score) else "seam score:      n/a (a single tile)"),
             f"clipped pixels:  {clipped}",
             f"nodata fraction: source {self.nodata_fraction_src:.4f}, "
             f"output {self.nodata_fraction_dst:.4f}",
