@@ -111,6 +111,7 @@ def save_weights(
     }
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
+    os.chmod(tmp, 0o644)  # safetensors writes 0600; shipped weights must be world-readable
     os.replace(tmp, path)
     doc: dict[str, Any] = {"name": name or path.stem, "architecture": "LGUN"}
     doc["config"] = model.config.to_dict()
