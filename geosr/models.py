@@ -29,9 +29,8 @@ import numpy as np
 
 from geosr.errors import OptionError
 
-#: Model names that need no weights.
+#: Classical resampling methods offered beside the networks.
 CLASSICAL = ("bicubic", "lanczos")
-BUILTIN = ("nearest", *CLASSICAL)
 
 
 @runtime_checkable

@@ -137,12 +137,6 @@ class Tile:
         """Rows and columns read before the unit (offset of the unit in the tile)."""
         return self.rows.lead, self.cols.lead
 
-    @property
-    def unit_window(self) -> Window:
-        """Owned input window relative to the region."""
-        return Window(self.cols.unit_start, self.rows.unit_start,
-                      self.cols.unit_size, self.rows.unit_size)
-
 
 @dataclass(frozen=True)
 class TileGrid:

@@ -85,8 +85,7 @@ class LGUNConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LGUNConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
+        unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown LGUN config keys: {sorted(unknown)}")
         d = dict(d)
