@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.windows import Window
 
 #: How the validity of the input is encoded (and will be in the output).
-MASK_KINDS = ("none", "nodata", "mask", "alpha")
+MaskKind = Literal["none", "nodata", "mask", "alpha"]
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class MaskInfo:
         alpha_band: 1-based index of the alpha band, when there is one.
     """
 
-    kind: str
+    kind: MaskKind
     nodata: float | None = None
     alpha_band: int | None = None
 
