@@ -54,26 +54,86 @@ def cli() -> None:
               help="exact: shift each s x s block so its mean equals the input pixel.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: when stderr is a terminal).")
+@options.workers_opt
+@options.scheduler_opt
+@options.gpu_workers_opt
 def upscale(src: str, dst: str | None, scale: int, model: str | None, bands: str | None,
             tile_size: int, overlap: int, batch_size: int, device: str,
             creation_options: Sequence[str], cog: bool, aoi: str | None, overwrite: bool,
-            consistency: str, progress: bool | None) -> None:
+            consistency: str, progress: bool | None, workers: int | None,
+            scheduler: str | None, gpu: bool) -> None:
     """Super-resolve SRC by --scale into a georeferenced GeoTIFF."""
     from geosr.upscale import upscale as run_upscale
 
     if progress is None:
         progress = sys.stderr.isatty()
-    result = run_upscale(
-        src, dst, scale=scale, model=model, bands=bands, tile_size=tile_size, overlap=overlap,
+    kwargs: dict[str, Any] = dict(
+        scale=scale, model=model, bands=bands, tile_size=tile_size, overlap=overlap,
         batch_size=batch_size, device=device, creation_options=list(creation_options),
         cog=cog, aoi=aoi, overwrite=overwrite, consistency=consistency, progress=progress,
     )
+    if workers is None and scheduler is None and not gpu:
+        result = run_upscale(src, dst, **kwargs)
+    else:
+        from geosr.distributed import connect
+
+        with connect(workers=workers, scheduler=scheduler, gpu=gpu) as cluster:
+            result = run_upscale(src, dst, cluster=cluster, **kwargs)
     click.echo(
         f"{result.dst}: x{result.scale} with {result.model}, {result.tiles} tiles "
         f"({result.skipped_tiles} without data), {result.clipped_total} clipped pixels, "
         f"{result.seconds:.1f} s",
         err=True,
     )
+
+
+@cli.command()
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--out-dir", "-d", required=True, metavar="OUT",
+              help="Output folder: <stem>_x<scale>.tif per scene and manifest.json.")
+@options.scale_opt
+@options.model_opt
+@options.bands_opt
+@options.tile_size_opt
+@options.overlap_opt
+@options.batch_size_opt
+@options.device_opt
+@options.creation_options_opt
+@click.option("--cog", is_flag=True, default=False,
+              help="Write Cloud Optimized GeoTIFFs with averaged overviews.")
+@click.option("--consistency", type=click.Choice(["none", "exact"]), default="none",
+              show_default=True,
+              help="exact: shift each s x s block so its mean equals the input pixel.")
+@click.option("--force", is_flag=True, default=False,
+              help="Recompute scenes whose output is already up to date.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar over scenes on stderr (default: when stderr is a terminal).")
+@options.workers_opt
+@options.scheduler_opt
+@options.gpu_workers_opt
+def batch(sources: Sequence[str], out_dir: str, scale: int, model: str | None,
+          bands: str | None, tile_size: int, overlap: int, batch_size: int, device: str,
+          creation_options: Sequence[str], cog: bool, consistency: str, force: bool,
+          progress: bool | None, workers: int | None, scheduler: str | None,
+          gpu: bool) -> None:
+    """Super-resolve every scene of SOURCES (paths or quoted globs) into --out-dir.
+
+    Up-to-date outputs (same provenance tags) are skipped, so an interrupted batch
+    resumes where it stopped. Exit status 1 if any scene failed (see manifest.json).
+    """
+    from geosr.batch import run_batch
+
+    report = run_batch(
+        list(sources), out_dir, scale=scale, model=model, bands=bands, tile_size=tile_size,
+        overlap=overlap, batch_size=batch_size, device=device,
+        creation_options=list(creation_options), cog=cog, consistency=consistency,
+        force=force, workers=workers, scheduler=scheduler, gpu=gpu, progress=progress,
+    )
+    click.echo(f"{report.manifest}: {report.summary()}", err=True)
+    for r in report.failed:
+        click.echo(f"geosr: error: {r.scene}: {r.error}", err=True)
+    if report.failed:
+        raise click.exceptions.Exit(1)
 
 
 @cli.command()
@@ -138,24 +198,32 @@ def qa(src: str, dst: str, as_json: bool) -> None:
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit status; user errors become one stderr line."""
+    from geosr.io import Terminated, sigterm_as_interrupt
+
     warnings.showwarning = _show_warning
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="geosr",
-                 standalone_mode=False)
+        with sigterm_as_interrupt():
+            status = cli.main(args=list(argv) if argv is not None else None, prog_name="geosr",
+                              standalone_mode=False)
+        if isinstance(status, int) and status:  # click returns Exit codes in this mode
+            return status
     except GeosrError as e:
         click.echo(f"geosr: error: {e}", err=True)
         return 1
     except click.exceptions.Exit as e:
         return int(e.exit_code)
-    except click.Abort:
+    except click.Abort as e:  # click turns Ctrl-C (and our SIGTERM) into Abort
+        if isinstance(e.__cause__, KeyboardInterrupt):
+            click.echo("geosr: error: interrupted; no partial output was left", err=True)
+            return 143 if isinstance(e.__cause__, Terminated) else 130
         click.echo("geosr: error: aborted", err=True)
         return 130
     except click.ClickException as e:
         click.echo(f"geosr: error: {' '.join(e.format_message().split())}", err=True)
         return int(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("geosr: error: interrupted; nothing was written", err=True)
-        return 130
+    except KeyboardInterrupt as e:
+        click.echo("geosr: error: interrupted; no partial output was left", err=True)
+        return 143 if isinstance(e, Terminated) else 130
     except OSError as e:
         click.echo(f"geosr: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), err=True)
         return 1

@@ -9,6 +9,8 @@ existing DST untouched when ``--overwrite`` was given).
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -113,3 +115,29 @@ def translate_to_cog(src_path: Path, dst_path: Path, *, creation_options: dict[s
     co["resampling"] = resampling
     rasterio.shutil.copy(str(src_path), str(dst_path), driver="COG",
                          **{k.upper(): v for k, v in co.items()})
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same cleanup runs."""
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises ``Terminated`` in the main thread.
+
+    Python's default SIGTERM action kills the process without unwinding, which would
+    leave the temporary output behind; as an exception, ``atomic_destination`` and
+    the cluster shutdown run. Outside the main thread this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

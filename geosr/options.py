@@ -45,3 +45,16 @@ aoi_opt = click.option(
     "--aoi", type=click.Path(dir_okay=False), default=None,
     help="GeoJSON or Shapefile polygon; only its extent is super-resolved.",
 )
+workers_opt = click.option(
+    "--workers", type=click.IntRange(min=1), default=None, metavar="N",
+    help="Run the model on a local Dask cluster of N worker processes (TCP on loopback).",
+)
+scheduler_opt = click.option(
+    "--scheduler", default=None, metavar="tcp://HOST:PORT",
+    help="Run the model on the workers of a running Dask scheduler.",
+)
+gpu_workers_opt = click.option(
+    "--gpu-workers", "gpu", is_flag=True, default=False,
+    help="Model tasks need the GPU worker resource; without --scheduler, start a "
+    "dask-cuda LocalCUDACluster (needs dask-cuda; one worker per GPU unless --workers).",
+)

@@ -12,11 +12,11 @@ from __future__ import annotations
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import rasterio
@@ -252,15 +252,25 @@ class _TileData:
     alpha: np.ndarray | None  # (h, w) source alpha values
 
 
+def prepare_tile(data: np.ndarray, valid: np.ndarray,
+                 mappings: Sequence[BandMapping]) -> np.ndarray:
+    """Map stored values (C, h, w) to model values in [0, 1], invalid pixels filled.
+
+    Pure: the file pipeline and the xarray accessor both call it.
+    """
+    x = np.stack([m.to_unit(data[c]) for c, m in enumerate(mappings)])
+    if not valid.all():
+        x = fill_invalid(x, valid)
+    return x
+
+
 def _load_tile(ds: Any, plan: Plan, mappings: tuple[BandMapping, ...], tile: Tile) -> _TileData:
     w = tile.read_window
     win = Window(plan.window.col_off + w.col_off, plan.window.row_off + w.row_off,
                  w.width, w.height)
     data = _read(ds, plan.bands, win)
     valid = read_valid(ds, plan.bands, win, data, plan.mask)
-    x = np.stack([m.to_unit(data[c]) for c, m in enumerate(mappings)])
-    if not valid.all():
-        x = fill_invalid(x, valid)
+    x = prepare_tile(data, valid, mappings)
     alpha = None
     if plan.mask.kind == "alpha" and plan.mask.alpha_band:
         alpha = _read(ds, plan.mask.alpha_band, win)
@@ -294,28 +304,57 @@ def _run_model(model: Upscaler, items: list[np.ndarray], batch_size: int) -> lis
     return outs
 
 
-def _predict(model: Upscaler, plan: Plan, tiles: list[_TileData], batch_size: int,
-             timer: list[float]) -> list[np.ndarray | None]:
-    """Model outputs (C, h*s, w*s) for each tile (``None`` for all-invalid tiles)."""
-    s = plan.scale
+@dataclass(frozen=True)
+class ModelWork:
+    """What a model call needs besides the pixels and the model (small, picklable).
+
+    Attributes:
+        scale: Upscaling factor.
+        groups: Band groups of the run (``geosr.bands.band_groups``).
+        batch_size: Model inputs per call.
+    """
+
+    scale: int
+    groups: tuple[BandGroup, ...]
+    batch_size: int
+
+
+def predict_tiles(model: Upscaler, work: ModelWork, xs: Sequence[np.ndarray],
+                  has_data: Sequence[bool]) -> tuple[list[np.ndarray | None], float]:
+    """Model outputs (C, h*s, w*s) float32 for a chunk of tiles: the one tile computation.
+
+    Pure in its inputs (the model aside): the local loop, the Dask workers and the
+    xarray accessor all call it with the same chunks, so they produce the same pixels.
+
+    Args:
+        model: The upscaler.
+        work: Scale, band groups and batch size.
+        xs: Model values (C, h, w) of each tile (``prepare_tile``).
+        has_data: Whether each tile has any valid pixel; tiles without are not run.
+
+    Returns:
+        ``(outputs, seconds)``: one output per tile (``None`` for tiles without data)
+        and the time spent inside model calls.
+    """
+    s = work.scale
     items: list[np.ndarray] = []
     owners: list[tuple[int, BandGroup]] = []
-    for k, td in enumerate(tiles):
-        if not td.valid.any():
+    for k, x in enumerate(xs):
+        if not has_data[k]:
             continue
-        for g in plan.groups:
+        for g in work.groups:
             if g.mode != "nearest":
-                items.append(td.x[list(g.inputs)])
+                items.append(x[list(g.inputs)])
                 owners.append((k, g))
     t0 = time.perf_counter()
-    preds = _run_model(model, items, batch_size) if items else []
-    timer[0] += time.perf_counter() - t0
+    preds = _run_model(model, items, work.batch_size) if items else []
+    seconds = time.perf_counter() - t0
     outs: list[np.ndarray | None] = []
-    for td in tiles:
-        if not td.valid.any():
+    for k, x in enumerate(xs):
+        if not has_data[k]:
             outs.append(None)
             continue
-        c, h, w = td.x.shape
+        c, h, w = x.shape
         outs.append(np.zeros((c, h * s, w * s), dtype=np.float32))
     for (k, g), pred in zip(owners, preds, strict=True):
         out = outs[k]
@@ -325,15 +364,41 @@ def _predict(model: Upscaler, plan: Plan, tiles: list[_TileData], batch_size: in
         else:
             for ch, pos in g.outputs:
                 out[pos] = pred[ch]
-    for k, td in enumerate(tiles):
+    for k, x in enumerate(xs):
         out = outs[k]
         if out is None:
             continue
-        for g in plan.groups:
+        for g in work.groups:
             if g.mode == "nearest":
                 for ch, pos in g.outputs:
-                    out[pos] = upsample_nearest(td.x[g.inputs[ch]], s)
-    return outs
+                    out[pos] = upsample_nearest(x[g.inputs[ch]], s)
+    return outs, seconds
+
+
+class TileExecutor(Protocol):
+    """Runs ``predict_tiles`` over a stream of tile chunks, returning them in order.
+
+    Each job is ``(key, xs, has_data)``; each result ``(key, outputs, model_seconds)``.
+    ``key`` is carried through untouched (the caller keeps what the writer needs).
+    """
+
+    def map(self, work: ModelWork,
+            jobs: Iterable[tuple[Any, list[np.ndarray], list[bool]]]
+            ) -> Iterator[tuple[Any, list[np.ndarray | None], float]]: ...
+
+
+@dataclass
+class LocalExecutor:
+    """Runs every chunk in this process, one after the other."""
+
+    model: Upscaler
+
+    def map(self, work: ModelWork,
+            jobs: Iterable[tuple[Any, list[np.ndarray], list[bool]]]
+            ) -> Iterator[tuple[Any, list[np.ndarray | None], float]]:
+        for key, xs, has_data in jobs:
+            outs, seconds = predict_tiles(self.model, work, xs, has_data)
+            yield key, outs, seconds
 
 
 def _enforce_consistency(u: np.ndarray, lr: np.ndarray, valid: np.ndarray, scale: int,
@@ -345,6 +410,49 @@ def _enforce_consistency(u: np.ndarray, lr: np.ndarray, valid: np.ndarray, scale
     for p in skip:
         delta[p] = 0.0
     return u + upsample_nearest(delta, scale)
+
+
+def finish_unit(unit: np.ndarray, valid: np.ndarray, lr: np.ndarray, *,
+                mappings: Sequence[BandMapping], dtype: str, scale: int,
+                nodata: float | None, consistency: str = "none",
+                categorical: tuple[int, ...] = (),
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Turn a blended unit (model values) into stored values, masked as the input was.
+
+    Pure: the file writer and the xarray accessor both call it.
+
+    Args:
+        unit: (C, uh*s, uw*s) blended model values.
+        valid: (C, uh, uw) validity of the unit's input pixels.
+        lr: (C, uh, uw) model values of the unit's input pixels (for ``consistency``).
+        mappings: Radiometric mapping per band.
+        dtype: Stored dtype.
+        scale: Upscaling factor.
+        nodata: Nodata value when the input marks invalid pixels by value, else ``None``.
+        consistency: ``exact`` shifts each s x s block to the mean of its input pixel.
+        categorical: Band positions left untouched by ``consistency``.
+
+    Returns:
+        ``(data, valid_hr, clipped, nodata_moved)``: values in ``dtype`` (invalid pixels
+        set to nodata, NaN for floats, else 0), the upsampled validity, clipped valid
+        pixels per band, valid pixels moved off the nodata value.
+    """
+    if consistency == "exact":
+        unit = _enforce_consistency(unit, lr, valid, scale, categorical)
+    values = np.stack([m.from_unit(unit[c]) for c, m in enumerate(mappings)])
+    valid_hr = upsample_nearest(valid, scale)
+    data, clipped = to_dtype(values, dtype, valid_hr)
+    moved = 0
+    if nodata is not None:
+        moved = avoid_nodata(data, valid_hr, nodata)
+        fill: float = nodata
+    elif np.issubdtype(data.dtype, np.floating):
+        fill = np.nan
+    else:
+        fill = 0
+    if not valid_hr.all():
+        data[~valid_hr] = np.asarray(fill).astype(data.dtype)
+    return data, valid_hr, clipped, moved
 
 
 class _Writer:
@@ -363,24 +471,15 @@ class _Writer:
         plan, s = self.plan, self.plan.scale
         uh, uw = tile.rows.unit_size, tile.cols.unit_size
         ly, lx = tile.lead
-        valid = td.valid[:, ly : ly + uh, lx : lx + uw]
-        if self.consistency == "exact":
-            lr = td.x[:, ly : ly + uh, lx : lx + uw]
-            unit = _enforce_consistency(unit, lr, valid, s, plan.categorical)
-        values = np.stack([m.from_unit(unit[c]) for c, m in enumerate(self.mappings)])
-        valid_hr = upsample_nearest(valid, s)
-        data, clipped = to_dtype(values, plan.dtype, valid_hr)
-        self.clipped += clipped
         kind = plan.mask.kind
-        if kind == "nodata":
-            self.nodata_moved += avoid_nodata(data, valid_hr, plan.mask.nodata)
-            fill = plan.mask.nodata
-        elif np.issubdtype(data.dtype, np.floating):
-            fill = np.nan
-        else:
-            fill = 0
-        if not valid_hr.all():
-            data[~valid_hr] = np.asarray(fill).astype(data.dtype)
+        data, valid_hr, clipped, moved = finish_unit(
+            unit, td.valid[:, ly : ly + uh, lx : lx + uw], td.x[:, ly : ly + uh, lx : lx + uw],
+            mappings=self.mappings, dtype=plan.dtype, scale=s,
+            nodata=plan.mask.nodata if kind == "nodata" else None,
+            consistency=self.consistency, categorical=plan.categorical,
+        )
+        self.clipped += clipped
+        self.nodata_moved += moved
         win = Window(tile.cols.unit_start * s, tile.rows.unit_start * s, uw * s, uh * s)
         n = len(plan.bands)
         try:
@@ -432,6 +531,7 @@ def upscale(
     overwrite: bool = False,
     consistency: str = "none",
     progress: bool = False,
+    cluster: Any = None,
 ) -> UpscaleResult:
     """Super-resolve ``src`` by ``scale`` into a georeferenced GeoTIFF.
 
@@ -452,6 +552,10 @@ def upscale(
         overwrite: Replace an existing ``dst``.
         consistency: ``exact`` shifts each s x s block so that its mean equals the input.
         progress: Show a progress bar on stderr.
+        cluster: Run the model on a Dask cluster: a ``distributed.Client`` or a
+            ``geosr.distributed.DaskCluster`` (``geosr.distributed.connect``). This
+            process still reads the windows and is the one writer; the output is the
+            same as without a cluster (see docs/geosr.md, "Scale-out").
 
     Returns:
         An ``UpscaleResult``.
@@ -486,11 +590,20 @@ def upscale(
             None if model in ("nearest", "bicubic", "lanczos") else 3)
         plan = make_plan(ds, scale=scale, in_channels=in_channels, bands=bands,
                          tile_size=tile_size, overlap=overlap, aoi=aoi)
-        upscaler = load_model(model, scale, device=device)
+        # With a cluster the workers load the model on their own device; this process
+        # only needs its descriptor (name, digest, channels) for the plan and the tags.
+        upscaler = load_model(model, scale, device=device if cluster is None else "cpu")
         if upscaler.in_channels != in_channels:
             plan = make_plan(ds, scale=scale, in_channels=upscaler.in_channels, bands=bands,
                              tile_size=tile_size, overlap=overlap, aoi=aoi)
         mappings = compute_mappings(ds, plan)
+        executor: TileExecutor
+        if cluster is None:
+            executor = LocalExecutor(upscaler)
+        else:
+            from geosr.distributed import DaskExecutor
+
+            executor = DaskExecutor.create(cluster, model, upscaler, scale=scale, device=device)
         if fallback_warning:  # said once the run is known to be valid
             warnings.warn(fallback_warning, GeosrWarning, stacklevel=2)
         with atomic_destination(dst_path, overwrite=overwrite, src=str(src)) as tmp:
@@ -498,7 +611,7 @@ def upscale(
             try:
                 result = _run(ds, plan, mappings, upscaler, stage, co=co, tile_size=tile_size,
                               overlap=overlap, batch_size=batch_size, consistency=consistency,
-                              progress=progress)
+                              progress=progress, executor=executor)
                 if cog:
                     resampling = "nearest" if plan.categorical else "average"
                     try:
@@ -515,9 +628,21 @@ def upscale(
     return result
 
 
+def _jobs(ds: Any, plan: Plan, mappings: tuple[BandMapping, ...], batch_size: int
+          ) -> Iterator[tuple[list[_TileData], list[np.ndarray], list[bool]]]:
+    """Chunks of ``batch_size`` tiles in row-major order, read lazily (bounded memory)."""
+    tiles = iter(plan.grid)
+    while True:
+        chunk = [t for _, t in zip(range(batch_size), tiles, strict=False)]
+        if not chunk:
+            return
+        datas = [_load_tile(ds, plan, mappings, t) for t in chunk]
+        yield datas, [td.x for td in datas], [bool(td.valid.any()) for td in datas]
+
+
 def _run(ds: Any, plan: Plan, mappings: tuple[BandMapping, ...], model: Upscaler, path: Path, *,
          co: dict[str, str], tile_size: int, overlap: int, batch_size: int, consistency: str,
-         progress: bool) -> UpscaleResult:
+         progress: bool, executor: TileExecutor) -> UpscaleResult:
     out_h, out_w = plan.out_shape
     nodata = plan.mask.nodata if plan.mask.kind == "nodata" else None
     block = output_block_size(tile_size, overlap, plan.scale)
@@ -542,26 +667,25 @@ def _run(ds: Any, plan: Plan, mappings: tuple[BandMapping, ...], model: Upscaler
                            provenance=provenance, georef=plan.georef)
             writer = _Writer(out, plan, mappings, consistency)
             blender = UnitBlender(plan.scale)
-            tiles = iter(grid)
+            work = ModelWork(plan.scale, plan.groups, batch_size)
             done_px = 0
-            while True:
-                chunk = [t for _, t in zip(range(batch_size), tiles, strict=False)]
-                if not chunk:
-                    break
-                datas = [_load_tile(ds, plan, mappings, t) for t in chunk]
-                preds = _predict(model, plan, datas, batch_size, timer)
-                for td, pred in zip(datas, preds, strict=True):
-                    if pred is None:
-                        skipped += 1
-                        c, h, w = td.x.shape
-                        pred = np.zeros((c, h * plan.scale, w * plan.scale), dtype=np.float32)
-                    unit = blender.add(td.tile, pred)
-                    writer.write(td.tile, unit, td)
-                    done_px += unit.shape[1] * unit.shape[2]
-                if bar is not None:
-                    bar.update(len(chunk))
-                    rate = done_px / max(time.perf_counter() - t0, 1e-9) / 1e6
-                    bar.set_postfix_str(f"{rate:.2f} MPix/s")
+            # closing(): an error or Ctrl-C here cancels the executor's pending work.
+            with closing(executor.map(work, _jobs(ds, plan, mappings, batch_size))) as results:
+                for datas, preds, seconds in results:
+                    timer[0] += seconds
+                    for td, pred in zip(datas, preds, strict=True):
+                        if pred is None:
+                            skipped += 1
+                            c, h, w = td.x.shape
+                            pred = np.zeros((c, h * plan.scale, w * plan.scale),
+                                            dtype=np.float32)
+                        unit = blender.add(td.tile, pred)
+                        writer.write(td.tile, unit, td)
+                        done_px += unit.shape[1] * unit.shape[2]
+                    if bar is not None:
+                        bar.update(len(datas))
+                        rate = done_px / max(time.perf_counter() - t0, 1e-9) / 1e6
+                        bar.set_postfix_str(f"{rate:.2f} MPix/s")
             out.update_tags(GEOSR_CLIPPED=",".join(str(int(v)) for v in writer.clipped),
                             GEOSR_NODATA_MOVED=str(writer.nodata_moved))
     finally:

@@ -158,3 +158,36 @@ def test_other_input_formats(scene: Path, tmp_path: Path, fmt: str) -> None:
     with rasterio.open(src) as s, rasterio.open(dst) as d:
         np.testing.assert_array_equal(d.read(), s.read().repeat(3, 1).repeat(3, 2))
         assert d.crs == s.crs and d.bounds == pytest.approx(s.bounds)
+
+
+@pytest.mark.parametrize(("sig", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_signal_mid_write_leaves_nothing(tmp_path: Path, sig: str, code: int) -> None:
+    """Ctrl-C or a polite kill while the output is being written: nothing at DST."""
+    import os
+    import signal
+    import time
+
+    src = write_raster(tmp_path / "big.tif", np.full((3, 1500, 1500), 7, np.uint8))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geosr.cli", "upscale", str(src), "-o", str(out_dir / "o.tif"),
+         "--scale", "4", "-m", "nearest", "--tile-size", "64", "--overlap", "8"],
+        env=env, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(out_dir.glob(".o.tif.geosr-*")):
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.3)
+        assert proc.poll() is None, "the run ended before the signal: make it longer"
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code
+    assert "interrupted" in _one_error_line(err)
+    assert list(out_dir.iterdir()) == []

@@ -1,0 +1,239 @@
+"""Running the tile computation on a Dask cluster (``dask.distributed``).
+
+The client (this process) keeps the roles that need the files: it plans the run,
+reads and prepares the input windows, blends the returned tiles and is the one
+writer. Workers only run ``geosr.upscale.predict_tiles`` on chunks of tiles they
+receive, so no shared filesystem is assumed and the output is the same as the
+local loop's (same function, same chunks).
+
+* The model is loaded once per worker process, never pickled per task: a task
+  carries a small ``ModelRef``; models named by a string (``bicubic``,
+  ``lgun-x4``, a ``.safetensors`` path) are loaded from it on first use and kept
+  in a per-process cache, after checking that the weights' digest is the client's
+  (the one the provenance tags record); ``Upscaler`` objects are shipped once through a
+  ``WorkerPlugin``, which the scheduler also installs on workers that join or
+  restart later.
+* Backpressure: at most ``max_in_flight`` chunks are submitted and not yet
+  consumed (default two per worker thread), so the client's memory is bounded
+  whatever the scene size. Results are consumed in submission order, which the
+  streaming blender needs.
+* A worker that dies mid-task is replaced by its nanny and its tasks are rerun
+  elsewhere (the task's inputs are held by the scheduler); an error inside a task
+  is raised in the client with its original type.
+* GPU workers (``gpu=True``): a ``dask_cuda.LocalCUDACluster`` (one worker per
+  GPU) whose workers advertise the resource ``{"GPU": 1}``; model tasks then
+  request that resource, so they only land on GPU workers. **Untested here** (no
+  GPU, no dask-cuda on the development machine).
+
+``distributed`` is imported by this module; ``import geosr`` does not import it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import uuid
+from collections import deque
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import numpy as np
+from distributed import Client, KilledWorker, LocalCluster
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from geosr.errors import GeosrError, OptionError
+from geosr.models import ModelRef, Upscaler, forget_model, install_model, worker_model
+from geosr.upscale import ModelWork, predict_tiles
+
+#: Resource that GPU workers advertise and model tasks request in GPU mode.
+GPU_RESOURCE = {"GPU": 1}
+
+
+@dataclass
+class DaskCluster:
+    """A client and how geosr submits work to it.
+
+    Attributes:
+        client: A connected ``distributed.Client``.
+        resources: Worker resources each model task requests (``{"GPU": 1}`` in GPU
+            mode), or ``None``.
+        max_in_flight: Chunks submitted but not yet consumed; ``None`` means two per
+            worker thread.
+    """
+
+    client: Any
+    resources: dict[str, float] | None = None
+    max_in_flight: int | None = None
+
+    def in_flight_limit(self) -> int:
+        """The backpressure bound actually used."""
+        if self.max_in_flight is not None:
+            return max(1, int(self.max_in_flight))
+        threads = sum(self.client.nthreads().values())
+        return max(2, 2 * threads)
+
+
+def _as_cluster(cluster: Any) -> DaskCluster:
+    if isinstance(cluster, DaskCluster):
+        return cluster
+    if isinstance(cluster, Client):
+        return DaskCluster(cluster)
+    raise OptionError(f"cluster must be a distributed.Client or a DaskCluster, got {cluster!r}")
+
+
+@contextmanager
+def connect(*, workers: int | None = None, scheduler: str | None = None, gpu: bool = False,
+            threads_per_worker: int = 1, max_in_flight: int | None = None,
+            processes: bool = True) -> Iterator[DaskCluster]:
+    """Start a local cluster or connect to a running scheduler, for one ``with`` block.
+
+    Args:
+        workers: Start a ``LocalCluster`` of this many worker processes, TCP on the
+            loopback interface (with ``gpu``: that many GPU workers; default one per GPU).
+        scheduler: Address of a running scheduler (``tcp://HOST:PORT``) instead.
+        gpu: Model tasks request the ``GPU`` resource; without ``scheduler`` a
+            ``dask_cuda.LocalCUDACluster`` is started (needs dask-cuda; untested here).
+            Workers of an external cluster must be started with ``--resources GPU=1``.
+        threads_per_worker: Threads per local worker (1: the model uses the cores).
+        max_in_flight: Backpressure bound (see ``DaskCluster``).
+        processes: Local workers are processes (default) or threads of this process.
+
+    Yields:
+        A ``DaskCluster``; the local cluster is shut down on exit, also on errors and
+        Ctrl-C.
+
+    Raises:
+        OptionError: bad combination, dask-cuda missing, scheduler unreachable.
+    """
+    if workers is not None and scheduler is not None:
+        raise OptionError("give either --workers or --scheduler, not both")
+    if workers is not None and workers < 1:
+        raise OptionError(f"--workers must be >= 1, got {workers}")
+    if workers is None and scheduler is None and not gpu:
+        raise OptionError("give --workers N or --scheduler tcp://HOST:PORT")
+    resources = dict(GPU_RESOURCE) if gpu else None
+    if scheduler is not None:
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError) as e:
+            raise OptionError(f"cannot reach the Dask scheduler at {scheduler}: {e}") from e
+        try:
+            yield DaskCluster(client, resources, max_in_flight)
+        finally:
+            client.close()
+        return
+    common: dict[str, Any] = {
+        "n_workers": workers, "threads_per_worker": threads_per_worker,
+        "dashboard_address": None, "silence_logs": logging.ERROR,
+    }
+    if gpu:
+        if importlib.util.find_spec("dask_cuda") is None:
+            raise OptionError("--gpu-workers needs dask-cuda, which is not installed "
+                              "(pip install dask-cuda)")
+        from dask_cuda import LocalCUDACluster  # pragma: no cover - needs a GPU
+
+        local = LocalCUDACluster(protocol="tcp", host="127.0.0.1", resources=resources,
+                                 **common)  # pragma: no cover
+    else:
+        with dask.config.set(_WORKER_ENV):
+            local = LocalCluster(processes=processes, protocol="tcp" if processes else "inproc",
+                                 host="127.0.0.1" if processes else None, **common)
+    try:
+        with Client(local) as client:
+            yield DaskCluster(client, resources, max_in_flight)
+    finally:
+        local.close()
+
+
+#: Dask sets ``MALLOC_TRIM_THRESHOLD_`` (64 KiB) in new worker processes to hand memory
+#: back to the OS sooner. Setting it disables glibc's adaptive mmap threshold, so every
+#: large temporary tensor becomes a fresh mmap with page faults: LGUN tiles ran markedly
+#: slower in such workers. ``None`` unsets it (dask's documented override).
+_WORKER_ENV = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+
+
+# --- worker side ---------------------------------------------------------------
+
+
+class ModelPlugin(WorkerPlugin):
+    """Ships an ``Upscaler`` object to every worker once (also to later ones)."""
+
+    def __init__(self, key: str, model: Upscaler) -> None:
+        self.name = key
+        self.key = key
+        self.model = model
+
+    def setup(self, worker: Any) -> None:
+        install_model(self.key, self.model)
+
+    def teardown(self, worker: Any) -> None:
+        forget_model(self.key)
+
+
+def _predict_task(ref: ModelRef, work: ModelWork, xs: list[np.ndarray],
+                  has_data: list[bool]) -> tuple[list[np.ndarray | None], float]:
+    return predict_tiles(worker_model(ref), work, xs, has_data)
+
+
+# --- client side ---------------------------------------------------------------
+
+
+@dataclass
+class DaskExecutor:
+    """``geosr.upscale.TileExecutor`` that runs chunks on a Dask cluster.
+
+    Build it with ``DaskExecutor.create``.
+    """
+
+    cluster: DaskCluster
+    ref: ModelRef
+    plugin: ModelPlugin | None = None
+
+    @classmethod
+    def create(cls, cluster: Any, spec: str | Upscaler, model: Upscaler, *, scale: int,
+               device: str) -> DaskExecutor:
+        """An executor for ``spec`` (what workers load) whose descriptor is ``model``."""
+        dc = _as_cluster(cluster)
+        if isinstance(spec, str):
+            return cls(dc, ModelRef.for_spec(spec, scale, device, model.sha256))
+        key = f"geosr-model-{uuid.uuid4().hex}"
+        return cls(dc, ModelRef(key, None, scale, device), ModelPlugin(key, model))
+
+    def map(self, work: ModelWork, jobs: Iterable[tuple[Any, list[np.ndarray], list[bool]]]
+            ) -> Iterator[tuple[Any, list[np.ndarray | None], float]]:
+        """Submit chunks with bounded look-ahead and yield their results in order."""
+        client = self.cluster.client
+        limit = self.cluster.in_flight_limit()
+        run = uuid.uuid4().hex[:8]
+        pending: deque[tuple[Any, Any]] = deque()
+        if self.plugin is not None:
+            client.register_plugin(self.plugin)
+        try:
+            for i, (key, xs, has_data) in enumerate(jobs):
+                fut = client.submit(_predict_task, self.ref, work, xs, has_data, pure=False,
+                                    key=f"geosr-tiles-{run}-{i}",
+                                    resources=self.cluster.resources)
+                pending.append((key, fut))
+                if len(pending) >= limit:
+                    yield self._result(*pending.popleft())
+            while pending:
+                yield self._result(*pending.popleft())
+        finally:
+            if pending:
+                client.cancel([f for _, f in pending])
+            if self.plugin is not None:
+                try:
+                    client.unregister_worker_plugin(self.plugin.name)
+                except Exception:  # noqa: BLE001 - cleanup must not mask the real error
+                    pass
+
+    @staticmethod
+    def _result(key: Any, fut: Any) -> tuple[Any, list[np.ndarray | None], float]:
+        try:
+            outs, seconds = fut.result()
+        except KilledWorker as e:
+            raise GeosrError(f"Dask workers kept dying while running tiles: {e}") from e
+        return key, outs, seconds

@@ -1,0 +1,281 @@
+"""xarray accessor: ``da.geosr.upscale(scale=4)`` on (rio)xarray DataArrays, lazily.
+
+``import geosr.xr`` registers the ``geosr`` accessor on ``xarray.DataArray``. It is a
+thin wrapper over ``upscale_dataarray``, which builds an *output-first* Dask graph
+with the file pipeline's own pieces, so the result equals ``geosr.upscale`` on the
+same raster, pixel for pixel:
+
+* the same ``TileGrid`` over the array (tile size, overlap) and the same chunks
+  of ``batch_size`` tiles in row-major order, each run through
+  ``geosr.upscale.predict_tiles``;
+* one output block per tile *unit* (chunks of ``unit * scale`` pixels): a block
+  depends on its own tile and on its upper, left and upper-left neighbours, blended
+  by ``geosr.blend.UnitBlender`` in the same order as the streaming writer, then
+  finished by ``geosr.upscale.finish_unit`` (back to the dtype, masks re-applied).
+
+Input windows are sliced from the (chunked) input array, so any input chunking
+works; nothing runs until ``.compute()``, ``.rio.to_raster()`` or similar. A
+numpy-backed DataArray gives a numpy-backed result (the same graph, run at once).
+
+Validity comes from the values (the ``nodata`` of ``da.rio.nodata``, NaN and inf):
+open rasters with ``masked=False`` (the default) to match the file pipeline, whose
+internal masks and alpha bands xarray does not carry. Radiometry is the file
+pipeline's (fixed range for 8-bit data, else the min/max of the valid pixels, a
+lazy reduction). The result has x/y coordinates at the new resolution, the CRS,
+transform (``input transform x Affine.scale(1/scale)``), nodata and attributes of
+the input, plus the ``GEOSR_*`` provenance attributes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from affine import Affine
+
+from geosr import __version__ as _version
+from geosr.bands import band_groups
+from geosr.blend import UnitBlender
+from geosr.errors import InputError, OptionError
+from geosr.masks import MaskInfo, valid_from_data
+from geosr.models import ModelRef, Upscaler, default_model_spec, load_model
+from geosr.profile import AI_NOTE
+from geosr.radiometry import FIXED_RANGE_DTYPES, BandMapping, choose_mappings
+from geosr.tiling import Tile, TileGrid, validate_tiling
+from geosr.upscale import (
+    CONSISTENCY,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE_SIZE,
+    SCALES,
+    SUPPORTED_DTYPES,
+    ModelWork,
+    finish_unit,
+    predict_tiles,
+    prepare_tile,
+)
+
+
+@xr.register_dataarray_accessor("geosr")
+class GeosrAccessor:
+    """``da.geosr``: geosr operations on a DataArray (stateless)."""
+
+    def __init__(self, da: xr.DataArray) -> None:
+        self._da = da
+
+    def upscale(self, scale: int, model: str | Upscaler | None = None, *,
+                tile_size: int | None = None, overlap: int | None = None,
+                batch_size: int | None = None, device: str = "auto",
+                consistency: str = "none") -> xr.DataArray:
+        """Super-resolve by ``scale``; see ``upscale_dataarray``."""
+        return upscale_dataarray(self._da, scale=scale, model=model, tile_size=tile_size,
+                                 overlap=overlap, batch_size=batch_size, device=device,
+                                 consistency=consistency)
+
+
+def _mappings(dtype: str, scales: tuple[float, ...], offsets: tuple[float, ...],
+              lows: np.ndarray, highs: np.ndarray) -> tuple[BandMapping, ...]:
+    """``choose_mappings`` from per-band valid minima/maxima (NaN: no valid pixel)."""
+    data = np.stack([lows, highs], axis=-1)[:, None, :]  # (C, 1, 2)
+    valid = np.isfinite(data)
+    return choose_mappings(dtype, scales, offsets, lambda: iter([(data, valid)]))
+
+
+def _prepare(data: np.ndarray, mappings: tuple[BandMapping, ...],
+             info: MaskInfo) -> tuple[np.ndarray, np.ndarray]:
+    data = np.asarray(data)
+    valid = valid_from_data(data, info)
+    return prepare_tile(data, valid, mappings), valid
+
+
+def _predict_chunk(model: Upscaler | ModelRef, work: ModelWork,
+                   prepared: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    from geosr.models import worker_model
+
+    m = worker_model(model) if isinstance(model, ModelRef) else model
+    xs = [x for x, _ in prepared]
+    outs, _ = predict_tiles(m, work, xs, [bool(v.any()) for _, v in prepared])
+    s = work.scale
+    return [o if o is not None else np.zeros((x.shape[0], x.shape[1] * s, x.shape[2] * s),
+                                             dtype=np.float32)
+            for o, x in zip(outs, xs, strict=True)]
+
+
+def _unit(scale: int, tiles: list[Tile], preds: list[np.ndarray],
+          prepared: tuple[np.ndarray, np.ndarray], mappings: tuple[BandMapping, ...],
+          dtype: str, nodata: float | None, consistency: str) -> np.ndarray:
+    """Final values of the unit of ``tiles[-1]``; ``tiles`` are it and its earlier
+    neighbours in row-major order, so the blender adds their patches in the same order
+    as the streaming writer does (bit-identical sums)."""
+    blender = UnitBlender(scale)
+    unit = None
+    for t, p in zip(tiles, preds, strict=True):
+        unit = blender.add(t, p)
+    assert unit is not None
+    tile = tiles[-1]
+    x, valid = prepared
+    uh, uw = tile.rows.unit_size, tile.cols.unit_size
+    ly, lx = tile.lead
+    data, _, _, _ = finish_unit(unit, valid[:, ly : ly + uh, lx : lx + uw],
+                                x[:, ly : ly + uh, lx : lx + uw], mappings=mappings,
+                                dtype=dtype, scale=scale, nodata=nodata,
+                                consistency=consistency)
+    return data
+
+
+def _out_coords(coord: np.ndarray, step: float, scale: int) -> np.ndarray:
+    """Pixel-centre coordinates of the upscaled axis (``step``: input pixel size)."""
+    sub = (np.arange(scale) + 0.5) / scale - 0.5  # sub-pixel centres, in input pixels
+    return (np.asarray(coord, dtype=np.float64)[:, None] + sub[None, :] * step).ravel()
+
+
+def upscale_dataarray(da: xr.DataArray, *, scale: int, model: str | Upscaler | None = None,
+                      tile_size: int | None = None, overlap: int | None = None,
+                      batch_size: int | None = None, device: str = "auto",
+                      consistency: str = "none") -> xr.DataArray:
+    """Super-resolve a (band, y, x) or (y, x) DataArray by ``scale``, lazily.
+
+    Args:
+        da: A DataArray with rioxarray georeferencing (``rioxarray.open_rasterio``),
+            dask- or numpy-backed.
+        scale: 2, 3 or 4.
+        model: As ``geosr.upscale.upscale``.
+        tile_size, overlap, batch_size, device, consistency: As ``geosr.upscale.upscale``.
+
+    Returns:
+        A DataArray ``scale`` times larger along y and x, same dtype, dask-backed if
+        ``da`` is (chunks = tile units x scale), with CRS, transform and nodata set.
+
+    Raises:
+        GeosrError: bad options, dimensions or dtype.
+    """
+    import dask
+    import dask.array as dsa
+    import rioxarray  # noqa: F401 - registers the .rio accessor
+
+    tile_size = DEFAULT_TILE_SIZE if tile_size is None else int(tile_size)
+    overlap = DEFAULT_OVERLAP if overlap is None else int(overlap)
+    batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
+    if scale not in SCALES:
+        raise OptionError(f"scale must be one of {', '.join(map(str, SCALES))}, got {scale!r}")
+    if consistency not in CONSISTENCY:
+        raise OptionError(f"consistency must be one of {CONSISTENCY}, got {consistency!r}")
+    if batch_size < 1:
+        raise OptionError(f"batch size must be >= 1, got {batch_size}")
+    validate_tiling(tile_size, overlap)
+    squeeze = da.ndim == 2
+    if squeeze:
+        da = da.expand_dims("band")
+    ydim, xdim = da.rio.y_dim, da.rio.x_dim
+    if da.ndim != 3 or da.dims[1:] != (ydim, xdim):
+        raise InputError(f"expected dims (band, {ydim}, {xdim}), got {da.dims}")
+    dtype = str(da.dtype)
+    if dtype not in SUPPORTED_DTYPES:
+        raise InputError(f"data type {dtype} is not supported")
+    c, h, w = (int(n) for n in da.shape)
+    nodata = da.rio.nodata
+    nodata = None if nodata is None else float(nodata)
+    info = MaskInfo("nodata", nodata=nodata) if nodata is not None else MaskInfo("none")
+    if model is None:
+        model, _ = default_model_spec(scale)
+    upscaler = load_model(model, scale, device=device)
+    # Tasks reach the model through a tiny reference when it has a name (each process
+    # loads it once); an object is one node of the graph, shipped once per worker.
+    ref: Any = (ModelRef.for_spec(model, scale, device, upscaler.sha256)
+                if isinstance(model, str)
+                else dask.delayed(upscaler, pure=False))
+    lazy = da.chunks is not None
+    arr = da.data if lazy else dsa.from_array(np.asarray(da.data), chunks=-1)
+
+    scales = tuple(float(da.attrs.get("scale_factor", 1.0)) for _ in range(c))
+    offsets = tuple(float(da.attrs.get("add_offset", 0.0)) for _ in range(c))
+    mappings: Any
+    if dtype in FIXED_RANGE_DTYPES:
+        nan = np.full(c, np.nan)
+        mappings = _mappings(dtype, scales, offsets, nan, nan)
+    else:  # the valid minimum and maximum of each band: a lazy reduction
+        masked = dsa.where(valid_mask(arr, info), arr.astype(np.float64), np.nan)
+        mappings = dask.delayed(_mappings)(dtype, scales, offsets,
+                                           dsa.nanmin(masked, axis=(1, 2)),
+                                           dsa.nanmax(masked, axis=(1, 2)))
+
+    grid = TileGrid(h, w, tile_size, overlap)
+    work = ModelWork(scale, band_groups(c, upscaler.in_channels, ()), batch_size)
+    tiles = list(grid)
+    prepared = {}
+    for t in tiles:
+        rs, cs = t.rows, t.cols
+        window = arr[:, rs.read_start : rs.read_stop, cs.read_start : cs.read_stop]
+        prepared[(t.row, t.col)] = dask.delayed(_prepare)(window, mappings, info)
+    preds: dict[tuple[int, int], Any] = {}
+    for i in range(0, len(tiles), batch_size):
+        chunk = tiles[i : i + batch_size]
+        out = dask.delayed(_predict_chunk, nout=len(chunk))(
+            ref, work, [prepared[(t.row, t.col)] for t in chunk])
+        for k, t in enumerate(chunk):
+            preds[(t.row, t.col)] = out[k]
+    rows, cols = grid.shape
+    by_pos = {(t.row, t.col): t for t in tiles}
+    blocks = []
+    for r in range(rows):
+        line = []
+        for q in range(cols):
+            keys = [k for k in ((r - 1, q - 1), (r - 1, q), (r, q - 1), (r, q)) if k in by_pos]
+            tile = by_pos[(r, q)]
+            unit = dask.delayed(_unit)(scale, [by_pos[k] for k in keys],
+                                       [preds[k] for k in keys], prepared[(r, q)], mappings,
+                                       dtype, nodata, consistency)
+            shape = (c, tile.rows.unit_size * scale, tile.cols.unit_size * scale)
+            line.append(dsa.from_delayed(unit, shape=shape, dtype=dtype))
+        blocks.append(line)
+    result = dsa.block(blocks)
+    if not lazy:
+        result = result.compute(scheduler="synchronous")
+
+    transform = da.rio.transform()
+    out_transform = transform @ Affine.scale(1 / scale)
+    coords: dict[str, Any] = {
+        "band": da.coords["band"].values if "band" in da.coords else np.arange(1, c + 1),
+        ydim: _out_coords(da.coords[ydim].values, transform.e, scale),
+        xdim: _out_coords(da.coords[xdim].values, transform.a, scale),
+    }
+    out = xr.DataArray(result, dims=da.dims, coords=coords, name=da.name)
+    out.attrs = {k: v for k, v in da.attrs.items()
+                 if not str(k).startswith("STATISTICS_") and k != "_FillValue"}
+    out.attrs.update(_provenance(upscaler, scale, tile_size, overlap, consistency))
+    if da.rio.crs is not None:
+        out = out.rio.write_crs(da.rio.crs)
+    out = out.rio.write_transform(out_transform)
+    if nodata is not None:
+        out = out.rio.write_nodata(nodata, encoded=False)
+    return out.squeeze("band", drop=True) if squeeze else out
+
+
+def valid_mask(arr: Any, info: MaskInfo) -> Any:
+    """Lazy validity of a dask array (nodata, NaN, inf), as ``valid_from_data``."""
+    import dask.array as dsa
+
+    valid = dsa.isfinite(arr) if np.issubdtype(arr.dtype, np.floating) else dsa.ones_like(
+        arr, dtype=bool)
+    if info.kind == "nodata" and info.nodata is not None and not info.nodata_is_nan:
+        valid = valid & (arr != np.asarray(info.nodata).astype(arr.dtype))
+    return valid
+
+
+def _provenance(model: Upscaler, scale: int, tile_size: int, overlap: int,
+                consistency: str) -> dict[str, str]:
+    return {
+        "GEOSR_VERSION": _version,
+        "GEOSR_NOTE": AI_NOTE,
+        "GEOSR_MODEL": model.name,
+        "GEOSR_MODEL_PROVENANCE": model.provenance,
+        "GEOSR_WEIGHTS_SHA256": model.sha256 or "none",
+        "GEOSR_SCALE": str(scale),
+        "GEOSR_TILE_SIZE": str(tile_size),
+        "GEOSR_OVERLAP": str(overlap),
+        "GEOSR_CONSISTENCY": consistency,
+    }
+
+
+__all__ = ["GeosrAccessor", "upscale_dataarray", "valid_mask"]
