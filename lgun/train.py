@@ -50,6 +50,12 @@ from lgun.pretrained import (
     save_weights,
 )
 
+#: ``TrainConfig.optimizer`` values and their classes (both read ``weight_decay``).
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+}
+
 #: Batches for the REC fit use step numbers from here on (never reached by training).
 FIT_STEP = 10**12
 
@@ -75,7 +81,15 @@ class TrainConfig:
         learning_rate: Peak learning rate.
         min_learning_rate: Cosine floor.
         warmup_steps: Linear warm-up steps (0 in the paper's recipe).
-        weight_decay: Adam (L2) weight decay.
+        optimizer: "adam" (the paper's: ``torch.optim.Adam``, weight decay as an L2 term
+            added to the gradient) or "adamw" (decoupled weight decay, ``torch.optim.AdamW``).
+            With "adam", Adam's normalisation turns the L2 term of a weight whose gradient is
+            smaller than ``weight_decay * |w|`` into a step of about the full learning rate
+            towards zero; the layers behind a zeroed output (``init = "fit"``) start with
+            such tiny gradients, and short runs collapse them (docs/TRAINING_LOG.md,
+            2026-11-26 session 2). "adamw" shrinks every weight by only
+            ``lr * weight_decay`` per step.
+        weight_decay: Weight decay (L2 term with "adam", decoupled with "adamw").
         betas: Adam betas.
         grad_clip: Gradient-norm clip (0 = off).
         ema_decay: EMA of the weights (0 = off); validation and publishing use the EMA.
@@ -122,6 +136,7 @@ class TrainConfig:
     learning_rate: float = 5e-4
     min_learning_rate: float = 1e-7
     warmup_steps: int = 0
+    optimizer: str = "adam"
     weight_decay: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 0.0
@@ -159,6 +174,11 @@ class TrainConfig:
             raise ValueError(f"scale must be 2, 3 or 4, got {self.scale}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be positive")
+        if self.init not in ("fit", "default"):
+            raise ValueError(f"init must be 'fit' or 'default', got {self.init!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, "
+                             f"got {self.optimizer!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -224,6 +244,22 @@ def build_model(cfg: TrainConfig) -> tuple[LGUN, str]:
         raise WeightsError(f"cannot initialise from {cfg.init_from}: {missing} {unexpected}")
     note = "all tensors" if same_scale else "all but rec."
     return model, f"{cfg.init_from} (x{src.config.scale}, {note})"
+
+
+def make_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The configured optimiser (``cfg.optimizer``) at the peak learning rate."""
+    return OPTIMIZERS[cfg.optimizer](params, lr=cfg.learning_rate, betas=cfg.betas,
+                                     weight_decay=cfg.weight_decay)
+
+
+def configure_optimizer(opt: torch.optim.Optimizer, cfg: TrainConfig) -> None:
+    """Apply the configured recipe to ``opt``'s groups (after ``load_state_dict``, which
+    restores the saved groups' values: a checkpoint of an "adam" run resumed as "adamw" would
+    otherwise keep the coupled L2 term). The learning rate is set at every step anyway."""
+    for g in opt.param_groups:
+        g["weight_decay"], g["betas"] = cfg.weight_decay, cfg.betas
+        if "decoupled_weight_decay" in g:
+            g["decoupled_weight_decay"] = cfg.optimizer == "adamw"
 
 
 def progress(step: int, wall_s: float, cfg: TrainConfig) -> float:
@@ -479,8 +515,7 @@ def train(cfg: TrainConfig) -> Path:
         init_note += f", REC least-squares fit ({fit:.2f} dB RGB on {cfg.fit_batches} batches)"
         print(f"init: {init_note}", flush=True)
     model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, betas=cfg.betas,
-                           weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model.parameters(), cfg)
     ema = copy.deepcopy(model).eval() if cfg.ema_decay > 0 else None
     for p in ema.parameters() if ema is not None else ():
         p.requires_grad_(False)
@@ -495,6 +530,7 @@ def train(cfg: TrainConfig) -> Path:
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
+        configure_optimizer(opt, cfg)  # the checkpoint's groups may hold another recipe
         if ema is not None and ck.get("ema") is not None:
             ema.load_state_dict(ck["ema"])
         torch.set_rng_state(ck["torch_rng"])
@@ -535,11 +571,13 @@ def train(cfg: TrainConfig) -> Path:
         hr = sampler.hr_patch
         return {"run_id": run_id, "data": [dict(s) for s in cfg.sources], "steps": step,
                 "batch": cfg.batch_size, "patch": [hr, hr], "scale": cfg.scale,
-                "recipe": {"optimizer": "Adam", "betas": list(cfg.betas),
+                "recipe": {"optimizer": OPTIMIZERS[cfg.optimizer].__name__,
+                           "betas": list(cfg.betas),
                            "weight_decay": cfg.weight_decay, "learning_rate": cfg.learning_rate,
                            "schedule": f"cosine to {cfg.min_learning_rate} over "
                                        f"{cfg.steps} steps or {cfg.max_minutes} min",
-                           "loss": "L1", "ema_decay": cfg.ema_decay},
+                           "warmup_steps": cfg.warmup_steps, "loss": "L1",
+                           "ema_decay": cfg.ema_decay},
                 "hardware": describe_hardware(device),
                 "wall_s": round(wall(), 1),
                 "date": time.strftime("%Y-%m-%d", time.gmtime()), "init_from": init_note,

@@ -17,8 +17,10 @@ from lgun.imresize import bicubic_downscale
 from lgun.train import (
     TrainConfig,
     build_model,
+    configure_optimizer,
     fit_reconstruction,
     lr_factor,
+    make_optimizer,
     progress,
     publish,
     train,
@@ -133,6 +135,35 @@ def test_fitted_reconstruction_starts_as_a_good_upsampler() -> None:
     nearest = float(((torch.nn.functional.interpolate(lr, scale_factor=2) - hr) ** 2).mean())
     assert mse < nearest  # better than nearest-neighbour upsampling
     assert fitted == pytest.approx(10 * np.log10(1 / mse), abs=1.0)
+
+
+def test_optimizer_choice_coupled_vs_decoupled_weight_decay() -> None:
+    """The diagnosis of the stalled CPU runs: with a gradient far below ``wd * |w|`` (the
+    layers behind a zeroed output; 1e-9..1e-11 measured in lgun-x2), Adam's L2 term moves a
+    weight ~lr per step towards zero, while AdamW shrinks it by (1 - lr * wd) only."""
+
+    def run(optimizer: str, steps: int = 20) -> float:
+        w = torch.nn.Parameter(torch.full((4,), 0.1))
+        cfg = TrainConfig(optimizer=optimizer, learning_rate=1e-3, weight_decay=1e-4)
+        opt = make_optimizer([w], cfg)
+        for _ in range(steps):
+            opt.zero_grad()
+            (0 * w).sum().backward()  # no gradient: a layer behind a zeroed output
+            opt.step()
+        return float(w[0])
+
+    assert run("adam") == pytest.approx(0.1 - 20 * 1e-3, rel=0.02)  # collapses
+    assert run("adamw") == pytest.approx(0.1 * (1 - 1e-3 * 1e-4) ** 20, rel=1e-4)
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="sgd")
+    # Resuming an "adam" checkpoint as "adamw" switches the saved groups to decoupled decay.
+    w = torch.nn.Parameter(torch.ones(2))
+    adamw_cfg = TrainConfig(optimizer="adamw", weight_decay=0.0)
+    opt = make_optimizer([w], adamw_cfg)
+    opt.load_state_dict(make_optimizer([w], TrainConfig(optimizer="adam")).state_dict())
+    configure_optimizer(opt, adamw_cfg)
+    assert opt.param_groups[0]["weight_decay"] == 0.0
+    assert opt.param_groups[0].get("decoupled_weight_decay", True)
 
 
 def test_cli_overrides(tmp_path: Path) -> None:
