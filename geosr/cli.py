@@ -17,6 +17,7 @@ import click
 
 from geosr import __version__, options
 from geosr.errors import GeosrError, GeosrWarning
+from geosr.models import CLASSICAL
 
 
 def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int,
@@ -73,6 +74,7 @@ def upscale(src: str, dst: str | None, scale: int, model: str | None, bands: str
         cog=cog, aoi=aoi, overwrite=overwrite, consistency=consistency, progress=progress,
     )
     if workers is None and scheduler is None and not gpu:
+        _tune_malloc_for(model)
         result = run_upscale(src, dst, **kwargs)
     else:
         from geosr.distributed import connect
@@ -85,6 +87,15 @@ def upscale(src: str, dst: str | None, scale: int, model: str | None, bands: str
         f"{result.seconds:.1f} s",
         err=True,
     )
+
+
+def _tune_malloc_for(model: str | None) -> None:
+    """Keep big freed blocks in this process when LGUN will run in it (``lgun.fast.tune_malloc``:
+    process-wide, so the CLI decides, not the library; about half of the CPU speed-up)."""
+    if model not in ("nearest", *CLASSICAL):
+        from lgun.fast import tune_malloc
+
+        tune_malloc()
 
 
 @cli.command()
@@ -123,6 +134,8 @@ def batch(sources: Sequence[str], out_dir: str, scale: int, model: str | None,
     """
     from geosr.batch import run_batch
 
+    if workers is None and scheduler is None and not gpu:
+        _tune_malloc_for(model)
     report = run_batch(
         list(sources), out_dir, scale=scale, model=model, bands=bands, tile_size=tile_size,
         overlap=overlap, batch_size=batch_size, device=device,

@@ -266,7 +266,10 @@ class DGSA(nn.Module):
         """Combined (B, heads, Dh, Dh) attention from q, k of shape (B, heads, Dh, N)."""
         q = F.normalize(q.float(), dim=-1)
         k = F.normalize(k.float(), dim=-1)
-        attn = (q @ k.transpose(-2, -1)) * self.temperature  # (B, heads, Dh, Dh)
+        return self.combine_stages((q @ k.transpose(-2, -1)) * self.temperature)
+
+    def combine_stages(self, attn: torch.Tensor) -> torch.Tensor:
+        """Weighted sum of the top-k masked softmaxes of (B, heads, Dh, Dh) fp32 scores."""
         if not self.topk:
             return attn.softmax(dim=-1)
         assert self.stage_weights is not None

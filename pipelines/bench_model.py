@@ -1,21 +1,39 @@
-"""Model-only LGUN throughput on this machine, with a dense-matmul ceiling.
+"""LGUN speed on this machine: model-only modes, peer networks, end-to-end vs gdalwarp.
 
-    python -m pipelines.bench_model [--scale 4] [--size 256] [--repeat 3] [--threads N]
-                                    [--modes reference,fast,compile] [--device cpu|cuda]
-                                    [--json FILE]
+    python -m pipelines.bench_model [--runs 4:256:2,2:256:2,4:256:1] [--repeat 2]
+                                    [--modes reference,channels_last,optimized,...]
+                                    [--profile MODES] [--peers [--peer-list swinir-light,safmn]]
+                                    [--e2e [--e2e-size 384]] [--json FILE]
 
-Modes (all the same weights; outputs are compared with the reference):
+Every measurement runs in a fresh child process (clean allocator state, its own thread
+count), so one invocation prints one consistent report. Sections:
 
-* ``reference``: plain ``nn.Conv2d`` evaluation (1x1 convs by im2col, dilated depthwise
-  convs by oneDNN's dilated kernel), NCHW input: the naive eager baseline;
-* ``fast``: the exact fast kernels LGUN uses by default (1x1 convs as NHWC matmuls,
-  dilated depthwise convs by space-to-batch, channels_last inside);
-* ``compile``: ``torch.compile`` of the fast model;
-* on CUDA also ``bf16`` and ``fp16`` autocast of the fast model.
-
-Prints seconds per forward pass (median of ``--repeat``), output MPix/s, effective GFLOP/s
-(2 x the Multi-Adds of ``lgun.complexity`` for this input size / time), the max abs
-difference to the reference, and the same machine's dense fp32 matmul GFLOP/s as a ceiling.
+* machine: CPU model, cores, memory, load average, torch version, GPU (or a line saying
+  there is none), and a dense fp32 2048^2 matmul GFLOP/s per thread count: the ceiling.
+* LGUN model-only, per run ``SCALE:LR_SIDE:THREADS`` (one 1 x 3 x side x side input), in modes
+  - ``reference``: plain ``nn.Conv2d`` kernels (1x1 convs by im2col, oneDNN's dilated
+    depthwise kernel): the naive eager baseline;
+  - ``channels_last``: ``LGUN``'s default forward (channels_last, 1x1 convs as NHWC
+    matmuls, dilated convs by space-to-batch);
+  - ``optimized``: ``lgun.fast.optimize_for_inference``;
+  - ``optimized+malloc``: the same after ``lgun.fast.tune_malloc()``;
+  - ``compile``: ``torch.compile`` of the default model (first run only: compiling takes
+    minutes on a small CPU; the first call's time is printed as ``first s``);
+  - ``onnxruntime`` (not in the default list; needs ``onnxruntime`` and ``onnxscript``): the
+    reference model exported by ``torch.onnx.export(dynamo=True)``, run by ONNX Runtime;
+  - ``bf16``/``fp16``: autocast of the default model, CUDA only (skipped on CPU with a line).
+  Seconds per pass are the median of ``--repeat`` calls after one warm-up call. Output
+  MPix/s = output pixels / s. GFLOP/s = 2 FLOP per Multi-Add (MAC = 2 FLOP) of
+  ``lgun.complexity`` / s. ``max|diff|`` is against ``reference`` on the same input.
+* ``--peers``: peer SR networks from spandrel (random weights: speed does not depend on
+  them) on the first run's input, scale and threads, eager with both allocator settings,
+  as ratios to LGUN. spandrel needs torchvision, which does not import beside this
+  project's torch pin: run the whole command from the venv described in BENCHMARKS.md so
+  that every model, LGUN included, is timed in one environment.
+* ``--e2e``: a crop of a real scene (``../shared/data/geotiff/titiler/TCI.tif``) through
+  ``geosr upscale`` (the CLI as shipped), through ``geosr.upscale`` with the optimized model
+  and the tuned allocator, and through ``gdalwarp -r cubic|lanczos`` onto the same output
+  grid; each is a child process: wall time, output MPix/s, peak RSS (``wait4`` rusage).
 """
 
 from __future__ import annotations
@@ -24,129 +42,526 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-import torch
+LGUN_MODES = ("reference", "channels_last", "optimized", "optimized+malloc", "compile",
+              "onnxruntime", "bf16", "fp16")
+DEFAULT_MODES = "reference,channels_last,optimized,optimized+malloc,compile,bf16,fp16"
+#: Peer networks: spandrel architecture and the hyper-parameters of the "light" model.
+PEERS: dict[str, tuple[str, dict[str, Any]]] = {
+    # SwinIR-light (Liang et al. 2021, Table: "lightweight" x4): embed 60, 4 x 6 blocks.
+    "swinir-light": ("SwinIR", dict(in_chans=3, img_size=64, window_size=8, img_range=1.0,
+                                    depths=[6, 6, 6, 6], embed_dim=60, num_heads=[6, 6, 6, 6],
+                                    mlp_ratio=2, upsampler="pixelshuffledirect",
+                                    resi_connection="1conv")),
+    # SAFMN (Sun et al. 2023), the paper's x4 model: dim 36, 8 blocks.
+    "safmn": ("SAFMN", dict(dim=36, n_blocks=8, ffn_scale=2.0)),
+}
+E2E_SCENE = ("geotiff/titiler/TCI.tif", 300, 300)  # (file, column, row) of the LR crop
 
-from lgun import LGUN, LGUNConfig
-from lgun.complexity import count
-from lgun.model import set_fast_kernels
+
+# ----------------------------------------------------------------------------- child side
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+def _build_peer(name: str, scale: int) -> Any:
+    import importlib
+
+    arch, kwargs = PEERS[name]
+    mod = importlib.import_module(f"spandrel.architectures.{arch}")
+    cls = getattr(mod, arch)
+    key = "upscaling_factor" if arch == "SAFMN" else "upscale"
+    return cls(**kwargs, **{key: scale})
 
 
-def _time(fn: Callable[[], torch.Tensor], repeat: int, device: str) -> tuple[float, torch.Tensor]:
-    out = fn()  # warm-up (and compilation)
-    _sync(device)
-    times = []
-    for _ in range(repeat):
+def _lgun(scale: int) -> tuple[Any, str]:
+    """Shipped weights for the scale when installed (speed does not depend on them)."""
+    import torch
+
+    import lgun
+
+    name = f"lgun-x{scale}"
+    info = lgun.PRETRAINED.get(name)
+    if info is not None and info.available:
+        return lgun.load_pretrained(name, device="cpu"), name
+    torch.manual_seed(0)
+    return lgun.LGUN(scale=scale), "random weights"
+
+
+def _onnx_session(model: Any, x: Any, threads: int, path: Path) -> Any:
+    """The model exported by torch.onnx (dynamo) and run by ONNX Runtime's CPU provider.
+
+    Plain nn.Conv2d kernels are exported (ONNX Runtime picks its own conv algorithms).
+    Returns a callable with the model's signature (torch in, torch out) and ``parameters``.
+    """
+    import onnxruntime as ort
+    import torch
+
+    torch.onnx.export(model, (x,), str(path), dynamo=True, external_data=False)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+
+    class _Session:
+        def __call__(self, t: Any) -> Any:
+            return torch.from_numpy(sess.run(None, {name: t.numpy()})[0])
+
+        def parameters(self) -> Any:
+            return model.parameters()
+
+    return _Session()
+
+
+def _child_model(spec: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from lgun.fast import tune_malloc
+
+    threads, scale, size = spec["threads"], spec["scale"], spec["size"]
+    torch.set_num_threads(threads)
+    device = spec["device"]
+    mode = spec["mode"]
+    malloc = mode.endswith("+malloc")
+    tuned = tune_malloc() if malloc else False
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
+    info: dict[str, Any] = {}
+    if spec["model"] == "lgun":
+        from lgun.complexity import count
+        from lgun.fast import optimize_for_inference
+        from lgun.model import set_fast_kernels
+
+        model, weights = _lgun(scale)
+        model = model.eval().to(device)
+        info["weights"] = weights
+        info["multi_adds"] = count(model.config, size * scale, size * scale).multi_adds
+        if mode == "reference":
+            set_fast_kernels(model, False)
+        elif mode.startswith("optimized"):
+            model = optimize_for_inference(model)
+        elif mode == "compile":
+            model = torch.compile(model)
+        elif mode == "onnxruntime":
+            model = _onnx_session(set_fast_kernels(model, False), x, threads,
+                                  Path(spec["compare"]).with_suffix(".onnx"))
+    else:
+        torch.manual_seed(0)
+        model = _build_peer(spec["model"], scale).eval().to(device)
+    info["params"] = sum(p.numel() for p in model.parameters())
+
+    def fn() -> Any:
+        if mode in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if mode == "bf16" else torch.float16
+            with torch.autocast("cuda", dtype=dtype):
+                return model(x)
+        return model(x)
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    with torch.inference_mode():
         t0 = time.perf_counter()
         out = fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+        sync()
+        first = time.perf_counter() - t0
+        times = []
+        for _ in range(spec["repeat"]):
+            t0 = time.perf_counter()
+            out = fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+    prof = None
+    if spec.get("profile"):
+        from torch.profiler import ProfilerActivity, profile
+
+        with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as p:
+            fn()
+        ops = sorted(p.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total = sum(e.self_cpu_time_total for e in ops) or 1
+        prof = [(e.key, round(100 * e.self_cpu_time_total / total, 1), e.count)
+                for e in ops[:8]]
+    out = out.float().cpu()
+    if spec.get("save"):
+        torch.save(out, spec["save"])
+    diff = None
+    if spec.get("compare") and Path(spec["compare"]).exists():
+        ref = torch.load(spec["compare"])
+        diff = float((out - ref).abs().max()) if ref.shape == out.shape else None
+    return {**info, "seconds": statistics.median(times), "first_s": first,
+            "max_abs_diff": diff, "malloc_tuned": tuned, "out_shape": list(out.shape),
+            "profile": prof}
 
 
-def matmul_gflops(device: str, n: int = 2048, repeat: int = 5) -> float:
-    """Dense fp32 ``n x n`` matmul throughput: the practical compute ceiling."""
+def _child_machine(spec: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    threads, device, n = spec["threads"], spec["device"], 2048
+    torch.set_num_threads(threads)
     a = torch.rand(n, n, device=device)
     b = torch.rand(n, n, device=device)
-    secs, _ = _time(lambda: a @ b, repeat, device)
-    return 2 * n**3 / secs / 1e9
+    times = []
+    for _ in range(6):
+        t0 = time.perf_counter()
+        a @ b
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    cuda = torch.cuda.is_available()
+    return {"matmul_gflops": 2 * n**3 / statistics.median(times[1:]) / 1e9,
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if cuda else None,
+            "mkldnn": torch.backends.mkldnn.is_available()}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    device = args.device
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = LGUN(scale=args.scale).eval().to(device)
-    x = torch.rand(1, 3, args.size, args.size, device=device)
-    madds = count(LGUNConfig(scale=args.scale), args.size * args.scale, args.size * args.scale)
-    flops = 2 * madds.multi_adds
-    out_mpix = (args.size * args.scale) ** 2 / 1e6
+def _child_e2e(spec: dict[str, Any]) -> dict[str, Any]:
+    """geosr.upscale with the optimized LGUN (what the CLI would run with lgun.fast)."""
+    import torch
 
-    modes: dict[str, Callable[[], torch.Tensor]] = {}
-    wanted = args.modes.split(",")
-    fast_model = model
-    if "reference" in wanted:
-        ref_model = set_fast_kernels(LGUN(scale=args.scale).eval().to(device), False)
-        ref_model.load_state_dict(model.state_dict())
-        modes["reference"] = lambda: ref_model(x)
-    if "fast" in wanted:
-        modes["fast"] = lambda: fast_model(x)
-    if "compile" in wanted:
-        compiled = torch.compile(fast_model)
-        modes["compile"] = lambda: compiled(x)
-    if device.startswith("cuda"):
-        for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
-            if name in wanted:
-                def _amp(dtype: torch.dtype = dtype) -> torch.Tensor:
-                    with torch.autocast("cuda", dtype=dtype):
-                        return fast_model(x)
-                modes[name] = _amp
+    from geosr.models import LGUNUpscaler
+    from geosr.upscale import upscale
+    from lgun.fast import optimize_for_inference, tune_malloc
 
+    torch.set_num_threads(spec["threads"])
+    tune_malloc()
+    model, weights = _lgun(spec["scale"])
+    up = LGUNUpscaler(optimize_for_inference(model.eval()), name=f"{weights} (lgun.fast)",
+                      device="cpu")
+    res = upscale(spec["src"], spec["dst"], scale=spec["scale"], model=up, overwrite=True)
+    return {"seconds_inside": res.seconds, "tiles": res.tiles}
+
+
+def _child_crop(spec: dict[str, Any]) -> dict[str, Any]:
+    """Cut the e2e scene (a child, so the parent stays small for the RSS numbers)."""
+    import rasterio
+
+    from geosr.testing import data_root
+    from pipelines.bench_upscale import _crop
+
+    root = data_root()
+    if root is None:
+        return {"error": "shared data not found (set GEOSR_DATA)"}
+    file, col, row = E2E_SCENE
+    src = _crop(root / file, col, row, spec["size"], (1, 2, 3), Path(spec["dst"]))
+    with rasterio.open(src) as ds:
+        return {"file": file, "h": ds.height, "w": ds.width, "xres": ds.res[0],
+                "yres": ds.res[1]}
+
+
+def _child(spec_text: str) -> None:
+    spec = json.loads(spec_text)
+    kind = spec["kind"]
+    fn = {"model": _child_model, "machine": _child_machine, "e2e": _child_e2e,
+          "crop": _child_crop}[kind]
+    print(json.dumps(fn(spec)), flush=True)
+
+
+# ---------------------------------------------------------------------------- parent side
+
+
+def _run_child(spec: dict[str, Any], threads: int) -> dict[str, Any] | str:
+    """One measurement in a fresh interpreter; returns its JSON or an error line."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    cmd = [sys.executable, "-m", "pipelines.bench_model", "_child", json.dumps(spec)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).resolve().parents[1])
+    if res.returncode != 0:
+        lines = (res.stderr or res.stdout).strip().splitlines()
+        return lines[-1] if lines else f"exit status {res.returncode}"
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _timed_process(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Wall time, exit status and peak RSS (MiB) of one child process."""
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env,
+                                cwd=Path(__file__).resolve().parents[1])
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        text = err.read().decode(errors="replace")
+    # ru_maxrss of a child counts its image before exec too: this parent stays small
+    # (no torch or rasterio imported) so that is a few MiB.
+    return {"seconds": wall, "rc": proc.returncode, "peak_rss_mib": usage.ru_maxrss / 1024,
+            "stderr": text}
+
+
+def _machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    mem_gib = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_gib = int(line.split()[1]) / 2**20
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "arch": platform.machine(), "cores": os.cpu_count(),
+            "memory_gib": round(mem_gib, 1) if mem_gib else None,
+            "load_avg": [round(v, 2) for v in os.getloadavg()],
+            "python": platform.python_version(), "executable": sys.executable}
+
+
+def _parse_runs(text: str) -> list[tuple[int, int, int]]:
+    try:
+        runs = [tuple(int(v) for v in item.split(":")) for item in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected SCALE:SIZE:THREADS,..., got {text!r}") from None
+    if not runs or any(len(r) != 3 or r[0] not in (2, 3, 4) or min(r) < 1 for r in runs):
+        raise argparse.ArgumentTypeError(f"expected SCALE:SIZE:THREADS,..., got {text!r}")
+    return runs  # type: ignore[return-value]
+
+
+def bench_models(args: argparse.Namespace, tmp: Path, ceilings: dict[int, float],
+                 gpu: bool) -> list[dict[str, Any]]:
     rows = []
-    baseline: torch.Tensor | None = None
-    base_secs: float | None = None
-    with torch.inference_mode():
-        for name, fn in modes.items():
-            secs, out = _time(fn, args.repeat, device)
-            if baseline is None:
-                baseline, base_secs = out.float(), secs
-            rows.append({
-                "mode": name,
-                "seconds": round(secs, 4),
-                "out_mpix_per_s": round(out_mpix / secs, 4),
-                "gflops_effective": round(flops / secs / 1e9, 2),
-                "speedup_vs_first": round((base_secs or secs) / secs, 2),
-                "max_abs_diff_vs_first": float((out.float() - baseline).abs().max()),
-            })
-    ceiling = matmul_gflops(device)
-    return {
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "cpu_count": os.cpu_count(),
-        "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "scale": args.scale,
-        "input": [args.size, args.size],
-        "multi_adds_g": round(madds.multi_adds / 1e9, 3),
-        "matmul_gflops": round(ceiling, 1),
-        "rows": rows,
-    }
+    modes = [m for m in args.modes.split(",") if m]
+    print(f"\n## LGUN model-only ({args.device}, median of {args.repeat} after a warm-up call; "
+          "MAC = 2 FLOP)")
+    print(f"{'scale':>5} {'LR':>5} {'thr':>3} {'mode':<17} {'first s':>8} {'s/pass':>8} "
+          f"{'MPix/s':>7} {'GFLOP/s':>8} {'%peak':>6} {'speedup':>8} {'max|diff|':>10}")
+    for i, (scale, size, threads) in enumerate(args.runs):
+        ref_path = tmp / f"ref_{scale}_{size}.pt"
+        ref_secs = None
+        for mode in modes:
+            if mode in ("bf16", "fp16") and not gpu:
+                if i == 0:
+                    print(f"{'':>15} {mode:<17} skipped: CUDA only (no GPU on this machine)")
+                continue
+            if mode == "compile" and i > 0:
+                continue
+            spec = {"kind": "model", "model": "lgun", "mode": mode, "scale": scale,
+                    "size": size, "threads": threads, "repeat": args.repeat,
+                    "device": args.device,
+                    "save": str(ref_path) if mode == "reference" else None,
+                    "compare": str(ref_path), "profile": i == 0 and mode in args.profile}
+            r = _run_child(spec, threads)
+            if isinstance(r, str):
+                print(f"{scale:>5} {size:>5} {threads:>3} {mode:<17} failed: {r}")
+                continue
+            secs = r["seconds"]
+            if mode == "reference":
+                ref_secs = secs
+            out_mpix = (size * scale) ** 2 / 1e6
+            gflops = 2 * r["multi_adds"] / secs / 1e9
+            ceil = ceilings.get(threads)
+            row = {"scale": scale, "lr": size, "threads": threads, "mode": mode,
+                   "first_s": r["first_s"], "seconds": secs, "out_mpix_per_s": out_mpix / secs,
+                   "gflops": gflops, "pct_of_matmul": 100 * gflops / ceil if ceil else None,
+                   "speedup_vs_reference": ref_secs / secs if ref_secs else None,
+                   "max_abs_diff": r["max_abs_diff"], "weights": r["weights"],
+                   "multi_adds_g": r["multi_adds"] / 1e9, "profile": r["profile"]}
+            rows.append(row)
+            d = r["max_abs_diff"]
+            print(f"{scale:>5} {size:>5} {threads:>3} {mode:<17} {r['first_s']:>8.2f} "
+                  f"{secs:>8.3f} {row['out_mpix_per_s']:>7.3f} {gflops:>8.1f} "
+                  f"{row['pct_of_matmul'] or 0:>6.1f} {row['speedup_vs_reference'] or 0:>8.2f} "
+                  f"{'n/a' if d is None else f'{d:.1e}':>10}", flush=True)
+    for row in rows:
+        if row["profile"]:
+            print(f"profile of one pass, {row['mode']} (x{row['scale']}, {row['lr']}px, "
+                  f"{row['threads']} threads), top ops by self CPU time: " + "; ".join(
+                      f"{name} {pct}% ({n} calls)" for name, pct, n in row["profile"]))
+    if rows:
+        print(f"(LGUN weights: {rows[0]['weights']}; Multi-Adds per pass: "
+              + ", ".join(sorted({f"x{r['scale']} {r['lr']}px {r['multi_adds_g']:.2f} G"
+                                  for r in rows})) + ")")
+    return rows
+
+
+def bench_peers(args: argparse.Namespace, lgun_rows: list[dict[str, Any]]) -> list[dict]:
+    scale, size, threads = args.runs[0]
+    print(f"\n## Peers at x{scale}, {size}x{size} input, {threads} threads (spandrel, random "
+          "weights), eager")
+    try:
+        import spandrel  # noqa: F401
+    except ImportError:
+        print("spandrel is not installed in this environment: run this command with the peer "
+              "venv's python (see BENCHMARKS.md); peers skipped")
+        return []
+    lg = {r["mode"]: r["seconds"] for r in lgun_rows
+          if (r["scale"], r["lr"], r["threads"]) == (scale, size, threads)}
+    print(f"{'model':<26} {'params K':>8} {'s/pass':>8} {'MPix/s':>7} "
+          f"{'/LGUN ref':>9} {'/LGUN opt+malloc':>16}")
+    out = []
+    for name in [p for p in args.peer_list.split(",") if p]:
+        if name not in PEERS:
+            print(f"{name}: unknown peer (known: {', '.join(PEERS)})")
+            continue
+        for mode in ("eager", "eager+malloc"):
+            spec = {"kind": "model", "model": name, "mode": mode, "scale": scale, "size": size,
+                    "threads": threads, "repeat": args.repeat, "device": args.device}
+            r = _run_child(spec, threads)
+            label = f"{name} {mode}"
+            if isinstance(r, str):
+                print(f"{label:<26} failed: {r}")
+                continue
+            secs = r["seconds"]
+            rec = {"model": name, "mode": mode, "params": r["params"], "seconds": secs,
+                   "out_mpix_per_s": (size * scale) ** 2 / 1e6 / secs,
+                   "ratio_vs_lgun_reference": secs / lg["reference"] if "reference" in lg
+                   else None,
+                   "ratio_vs_lgun_optimized_malloc": secs / lg["optimized+malloc"]
+                   if "optimized+malloc" in lg else None}
+            out.append(rec)
+            print(f"{label:<26} {r['params'] / 1e3:>8.0f} {secs:>8.3f} "
+                  f"{rec['out_mpix_per_s']:>7.3f} {rec['ratio_vs_lgun_reference'] or 0:>9.2f} "
+                  f"{rec['ratio_vs_lgun_optimized_malloc'] or 0:>16.2f}", flush=True)
+    print("(ratio = peer s/pass / LGUN s/pass: > 1 means LGUN is faster)")
+    return out
+
+
+def bench_e2e(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
+    scale, _, threads = args.runs[0]
+    src = tmp / "lr.tif"
+    crop = _run_child({"kind": "crop", "size": args.e2e_size, "dst": str(src)}, threads)
+    if isinstance(crop, str) or "error" in crop:
+        err = crop if isinstance(crop, str) else crop["error"]
+        print(f"\n## End-to-end: cannot cut the scene: {err}; skipped")
+        return []
+    file, h, w = crop["file"], crop["h"], crop["w"]
+    xres, yres = crop["xres"], crop["yres"]
+    out_mpix = h * w * scale**2 / 1e6
+    print(f"\n## End-to-end x{scale}: {file} crop {w}x{h} uint8 RGB -> {w * scale}x{h * scale} "
+          f"({out_mpix:.2f} MPix), {threads} threads, wall time of the whole process")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    weights = f"lgun-x{scale}"
+    gdal = shutil.which("gdalwarp")
+    jobs: list[tuple[str, list[str] | None]] = [
+        (f"geosr upscale -m {weights} (CLI)",
+         [sys.executable, "-m", "geosr.cli", "upscale", str(src), "-o", str(tmp / "a.tif"),
+          "-s", str(scale), "-m", weights, "--overwrite", "--no-progress"]),
+        ("geosr.upscale + lgun.fast",
+         [sys.executable, "-m", "pipelines.bench_model", "_child", json.dumps(
+             {"kind": "e2e", "src": str(src), "dst": str(tmp / "b.tif"), "scale": scale,
+              "threads": threads})]),
+        ("geosr upscale -m bicubic (CLI)",
+         [sys.executable, "-m", "geosr.cli", "upscale", str(src), "-o", str(tmp / "c.tif"),
+          "-s", str(scale), "-m", "bicubic", "--overwrite", "--no-progress"]),
+    ]
+    for method in ("cubic", "lanczos"):
+        jobs.append((f"gdalwarp -r {method}", None if gdal is None else [
+            gdal, "-q", "-overwrite", "-r", method, "-tr", repr(xres / scale), repr(yres / scale),
+            "-wo", f"NUM_THREADS={threads}", str(src), str(tmp / f"g_{method}.tif")]))
+    print(f"{'method':<34} {'seconds':>8} {'MPix/s':>7} {'peak RSS MiB':>13}")
+    rows = []
+    for label, cmd in jobs:
+        if cmd is None:
+            print(f"{label:<34} skipped: gdalwarp not on PATH")
+            continue
+        r = _timed_process(cmd, env)
+        if r["rc"] != 0:
+            err = (r["stderr"].strip().splitlines() or ["?"])[-1]
+            print(f"{label:<34} failed (exit {r['rc']}): {err}")
+            continue
+        rec = {"method": label, "seconds": r["seconds"], "out_mpix": out_mpix,
+               "out_mpix_per_s": out_mpix / r["seconds"], "peak_rss_mib": r["peak_rss_mib"]}
+        rows.append(rec)
+        print(f"{label:<34} {r['seconds']:>8.2f} {rec['out_mpix_per_s']:>7.3f} "
+              f"{r['peak_rss_mib']:>13.0f}", flush=True)
+    return rows
+
+
+def _targets(rows: list[dict[str, Any]], peers: list[dict[str, Any]]) -> list[str]:
+    """The issue's targets, met or missed, from this run's numbers."""
+    lines = []
+    x4 = [r for r in rows if r["scale"] == 4 and r["lr"] == 256]
+    for threads in sorted({r["threads"] for r in x4}, reverse=True):
+        sel = {r["mode"]: r for r in x4 if r["threads"] == threads}
+        best = min((r for r in sel.values() if r["mode"].startswith("optimized")),
+                   key=lambda r: r["seconds"], default=None)
+        if best is None:
+            continue
+        line = f"x4 256px, {threads} threads: {best['mode']} {best['seconds']:.2f} s/pass"
+        if "reference" in sel:
+            sp = sel["reference"]["seconds"] / best["seconds"]
+            line += (f" = {sp:.2f}x the naive eager reference measured here "
+                     f"({sel['reference']['seconds']:.2f} s): target >= 3x "
+                     f"{'MET' if sp >= 3 else 'MISSED'}")
+        d = best["max_abs_diff"]
+        if d is not None:
+            line += f"; max|diff| {d:.1e} (target <= 1e-4: {'MET' if d <= 1e-4 else 'MISSED'})"
+        lines.append(line)
+    for p in peers:
+        if p["model"] == "swinir-light" and p["mode"] == "eager+malloc":
+            ratio = p["ratio_vs_lgun_optimized_malloc"]
+            if ratio:
+                lines.append(f"SwinIR-light / LGUN (both with the tuned allocator): "
+                             f"{ratio:.2f}x: target >= 1.5x {'MET' if ratio >= 1.5 else 'MISSED'}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_child"]:
+        _child(argv[1])
+        return
     p = argparse.ArgumentParser(prog="python -m pipelines.bench_model", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scale", type=int, choices=(2, 3, 4), default=4)
-    p.add_argument("--size", type=int, default=256, help="LR input side")
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    p.add_argument("--modes", default="reference,fast,compile,bf16,fp16")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--json", dest="json_out", default=None, help="also write the result here")
+    p.add_argument("--runs", type=_parse_runs, default=_parse_runs("4:256:2,2:256:2,4:256:1"),
+                   help="SCALE:LR_SIDE:THREADS items, comma-separated (the first one also "
+                        "sets peers, e2e and compile)")
+    p.add_argument("--repeat", type=int, default=2, help="timed calls per measurement")
+    p.add_argument("--modes", default=DEFAULT_MODES, help=f"subset of {','.join(LGUN_MODES)}")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--profile", default="", help="modes to profile (torch.profiler, one "
+                   "extra pass on the first run), comma-separated")
+    p.add_argument("--peers", action="store_true", help="time peer networks (needs spandrel)")
+    p.add_argument("--peer-list", default="swinir-light,safmn")
+    p.add_argument("--e2e", action="store_true", help="end-to-end geosr vs gdalwarp")
+    p.add_argument("--e2e-size", type=int, default=384, help="LR crop side for --e2e")
+    p.add_argument("--json", dest="json_out", default=None, help="also write results here")
     args = p.parse_args(argv)
-    res = run(args)
-    print(f"LGUN x{res['scale']} on {res['input'][0]}x{res['input'][1]} input, {res['device']}, "
-          f"torch {res['torch']}, {res['threads']} threads; {res['multi_adds_g']} G Multi-Adds")
-    print(f"dense fp32 matmul ceiling: {res['matmul_gflops']} GFLOP/s")
-    header = ("mode", "s/pass", "MPix/s", "GFLOP/s", "speedup", "max|diff|")
-    print(f"{header[0]:<10} " + " ".join(f"{h:>8}" for h in header[1:5]) + f" {header[5]:>10}")
-    for r in res["rows"]:
-        print(f"{r['mode']:<10} {r['seconds']:>8.3f} {r['out_mpix_per_s']:>8.3f} "
-              f"{r['gflops_effective']:>8.1f} {r['speedup_vs_first']:>8.2f} "
-              f"{r['max_abs_diff_vs_first']:>10.2e}")
+    args.profile = [m for m in args.profile.split(",") if m]
+    bad = (set(args.modes.split(",")) | set(args.profile)) - set(LGUN_MODES)
+    if bad or args.repeat < 1:
+        p.error(f"unknown modes {sorted(bad)}" if bad else "--repeat must be >= 1")
+
+    machine = _machine_info()
+    print("# LGUN benchmark")
+    print(f"machine: {machine['cpu']} ({machine['arch']}), {machine['cores']} cores, "
+          f"{machine['memory_gib']} GiB; load average {machine['load_avg']}")
+    ceilings: dict[int, float] = {}
+    info: dict[str, Any] = {}
+    for threads in sorted({t for _, _, t in args.runs}):
+        r = _run_child({"kind": "machine", "threads": threads, "device": args.device}, threads)
+        if isinstance(r, str):
+            sys.exit(f"bench_model: cannot run torch: {r}")
+        info = r
+        ceilings[threads] = r["matmul_gflops"]
+    print(f"python {machine['python']} ({machine['executable']}), torch {info['torch']}, "
+          f"oneDNN {'on' if info['mkldnn'] else 'off'}")
+    print("GPU: " + (info["gpu"] or "not available on this machine"))
+    print("dense fp32 2048x2048 matmul ceiling: "
+          + ", ".join(f"{v:.1f} GFLOP/s @ {t} thread{'s' * (t > 1)}"
+                      for t, v in sorted(ceilings.items())))
+    with tempfile.TemporaryDirectory(prefix="geosr-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        rows = bench_models(args, tmp, ceilings, gpu=info["gpu"] is not None)
+        peers = bench_peers(args, rows) if args.peers else []
+        e2e = bench_e2e(args, tmp) if args.e2e else []
+    print("\n## Targets (issue #7)")
+    for line in _targets(rows, peers) or ["(not measured in this run)"]:
+        print(line)
+    machine["load_avg_end"] = [round(v, 2) for v in os.getloadavg()]
+    print(f"load average at the end: {machine['load_avg_end']}")
     if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(res, f, indent=2)
+        Path(args.json_out).write_text(json.dumps(
+            {"machine": {**machine, **info, "matmul_gflops": ceilings}, "lgun": rows,
+             "peers": peers, "e2e": e2e}, indent=2))
 
 
 if __name__ == "__main__":
