@@ -494,19 +494,28 @@ class _Writer:
             raise OutputError(f"cannot write the output: {_one_line(e)}") from e
 
 
-def _provenance(plan: Plan, model: Upscaler, tile_size: int, overlap: int, consistency: str,
-                mappings: tuple[BandMapping, ...]) -> dict[str, Any]:
-    w = plan.window
+def run_tags(model: Upscaler, scale: int, tile_size: int, overlap: int,
+             consistency: str) -> dict[str, str]:
+    """The provenance tags of a run that do not depend on the source file (also the
+    xarray accessor's attributes)."""
     return {
         "GEOSR_VERSION": __version__,
         "GEOSR_NOTE": AI_NOTE,
         "GEOSR_MODEL": model.name,
         "GEOSR_MODEL_PROVENANCE": model.provenance,
         "GEOSR_WEIGHTS_SHA256": model.sha256 or "none",
-        "GEOSR_SCALE": str(plan.scale),
+        "GEOSR_SCALE": str(scale),
         "GEOSR_TILE_SIZE": str(tile_size),
         "GEOSR_OVERLAP": str(overlap),
         "GEOSR_CONSISTENCY": consistency,
+    }
+
+
+def _provenance(plan: Plan, model: Upscaler, tile_size: int, overlap: int, consistency: str,
+                mappings: tuple[BandMapping, ...]) -> dict[str, Any]:
+    w = plan.window
+    return {
+        **run_tags(model, plan.scale, tile_size, overlap, consistency),
         "GEOSR_SOURCE": Path(plan.src).name,
         "GEOSR_SOURCE_WINDOW": f"{int(w.col_off)},{int(w.row_off)},{int(w.width)},{int(w.height)}",
         "GEOSR_BANDS": ",".join(map(str, plan.bands)),

@@ -34,13 +34,11 @@ import numpy as np
 import xarray as xr
 from affine import Affine
 
-from geosr import __version__ as _version
 from geosr.bands import band_groups
 from geosr.blend import UnitBlender
 from geosr.errors import InputError, OptionError
 from geosr.masks import MaskInfo, valid_from_data
 from geosr.models import ModelRef, Upscaler, default_model_spec, load_model
-from geosr.profile import AI_NOTE
 from geosr.radiometry import FIXED_RANGE_DTYPES, BandMapping, choose_mappings
 from geosr.tiling import Tile, TileGrid, validate_tiling
 from geosr.upscale import (
@@ -54,6 +52,7 @@ from geosr.upscale import (
     finish_unit,
     predict_tiles,
     prepare_tile,
+    run_tags,
 )
 
 
@@ -243,7 +242,7 @@ def upscale_dataarray(da: xr.DataArray, *, scale: int, model: str | Upscaler | N
     out = xr.DataArray(result, dims=da.dims, coords=coords, name=da.name)
     out.attrs = {k: v for k, v in da.attrs.items()
                  if not str(k).startswith("STATISTICS_") and k != "_FillValue"}
-    out.attrs.update(_provenance(upscaler, scale, tile_size, overlap, consistency))
+    out.attrs.update(run_tags(upscaler, scale, tile_size, overlap, consistency))
     if da.rio.crs is not None:
         out = out.rio.write_crs(da.rio.crs)
     out = out.rio.write_transform(out_transform)
@@ -261,21 +260,6 @@ def valid_mask(arr: Any, info: MaskInfo) -> Any:
     if info.kind == "nodata" and info.nodata is not None and not info.nodata_is_nan:
         valid = valid & (arr != np.asarray(info.nodata).astype(arr.dtype))
     return valid
-
-
-def _provenance(model: Upscaler, scale: int, tile_size: int, overlap: int,
-                consistency: str) -> dict[str, str]:
-    return {
-        "GEOSR_VERSION": _version,
-        "GEOSR_NOTE": AI_NOTE,
-        "GEOSR_MODEL": model.name,
-        "GEOSR_MODEL_PROVENANCE": model.provenance,
-        "GEOSR_WEIGHTS_SHA256": model.sha256 or "none",
-        "GEOSR_SCALE": str(scale),
-        "GEOSR_TILE_SIZE": str(tile_size),
-        "GEOSR_OVERLAP": str(overlap),
-        "GEOSR_CONSISTENCY": consistency,
-    }
 
 
 __all__ = ["GeosrAccessor", "upscale_dataarray", "valid_mask"]
