@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,24 @@ def write_raster(path: str | Path, data: np.ndarray, *, crs: Any = "EPSG:32618",
         if mask is not None:
             dst.write_mask(np.where(mask, 255, 0).astype(np.uint8))
     return path
+
+
+def wait_while_running(proc: subprocess.Popen, ready: Callable[[], bool], *, timeout: float,
+                       what: str, poll: float = 0.02) -> None:
+    """Block until ``ready()`` holds, failing if ``proc`` exits first or ``timeout`` s pass.
+
+    For the tests that signal a child process at a chosen moment (mid-write, mid-scene):
+    the moment is observed on disk, so a child that died early must fail with its stderr.
+
+    Raises:
+        AssertionError: the process ended (message: its stderr) or the deadline passed
+            (message: ``what`` did not happen).
+    """
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, f"{what} within {timeout:g} s"
+        time.sleep(poll)
 
 
 def gdalinfo_json(path: str | Path) -> dict[str, Any]:

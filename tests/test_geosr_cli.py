@@ -13,7 +13,7 @@ import pytest
 import rasterio
 
 from geosr.cli import run
-from geosr.testing import REPO_ROOT, smooth_field, write_raster
+from geosr.testing import REPO_ROOT, smooth_field, wait_while_running, write_raster
 
 EXAMPLE = REPO_ROOT / "examples" / "bahamas_rgb.tif"
 
@@ -176,11 +176,8 @@ def test_signal_mid_write_leaves_nothing(tmp_path: Path, sig: str, code: int) ->
          "--scale", "4", "-m", "nearest", "--tile-size", "64", "--overlap", "8"],
         env=env, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while not list(out_dir.glob(".o.tif.geosr-*")):
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_while_running(proc, lambda: bool(list(out_dir.glob(".o.tif.geosr-*"))),
+                           timeout=60, what="the CLI never started writing")
         time.sleep(0.3)
         assert proc.poll() is None, "the run ended before the signal: make it longer"
         proc.send_signal(getattr(signal, sig))
