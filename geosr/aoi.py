@@ -21,15 +21,20 @@ from typing import Any
 
 from rasterio.windows import Window
 
-from geosr.errors import InputError, OptionError
+from geosr.errors import InputError, OptionError, one_line
 
 WGS84 = "OGC:CRS84"
 
 
-def _geojson_geometries(doc: dict[str, Any]) -> list[dict[str, Any]]:
+def _geojson_geometries(doc: Any) -> list[dict[str, Any]]:
+    if not isinstance(doc, dict):
+        raise OptionError(f"AOI must be a GeoJSON object, got a JSON {type(doc).__name__}")
     t = doc.get("type")
     if t == "FeatureCollection":
-        return [f["geometry"] for f in doc.get("features", []) if f.get("geometry")]
+        features = doc.get("features", [])
+        if not isinstance(features, list) or not all(isinstance(f, dict) for f in features):
+            raise OptionError("AOI FeatureCollection must hold a list of Features")
+        return [f["geometry"] for f in features if f.get("geometry")]
     if t == "Feature":
         return [doc["geometry"]] if doc.get("geometry") else []
     if t in ("Polygon", "MultiPolygon", "GeometryCollection"):
@@ -37,8 +42,8 @@ def _geojson_geometries(doc: dict[str, Any]) -> list[dict[str, Any]]:
     raise OptionError(f"AOI must be a polygon (GeoJSON type {t!r} is not)")
 
 
-def _geojson_crs(doc: dict[str, Any]) -> str:
-    crs = doc.get("crs")
+def _geojson_crs(doc: Any) -> str:
+    crs = doc.get("crs") if isinstance(doc, dict) else None
     if isinstance(crs, dict) and isinstance(crs.get("properties"), dict):
         name = crs["properties"].get("name")
         if name:
@@ -100,12 +105,17 @@ def read_aoi(path: str | Path) -> tuple[Any, str]:
         crs = doc.pop("_crs", None) or WGS84
     try:
         geoms = [shape(g) for g in _geojson_geometries(doc)]
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise OptionError(f"AOI {p} has an invalid geometry: {e}") from e
-    polys = [g for g in geoms if g.geom_type in ("Polygon", "MultiPolygon") and not g.is_empty]
-    if not polys:
-        raise OptionError(f"AOI {p} contains no polygon")
-    return shapely.union_all(polys), crs
+        polys = [g for g in geoms
+                 if g.geom_type in ("Polygon", "MultiPolygon") and not g.is_empty]
+        if not polys:
+            raise OptionError(f"AOI {p} contains no polygon")
+        if not all(math.isfinite(v) for g in polys for v in g.bounds):
+            raise OptionError(f"AOI {p} has coordinates that are not finite numbers")
+        return shapely.union_all(polys), crs
+    except OptionError:
+        raise
+    except Exception as e:  # noqa: BLE001 - shapely/GEOS raise many types on bad geometry
+        raise OptionError(f"AOI {p} has an invalid geometry: {one_line(e)}") from e
 
 
 def aoi_window(src: Any, path: str | Path) -> Window:
@@ -132,9 +142,12 @@ def aoi_window(src: Any, path: str | Path) -> Window:
     # Densify so that edges follow the curvature of the target projection.
     minx, miny, maxx, maxy = geom.bounds
     step = max(maxx - minx, maxy - miny) / 64 or 1.0
-    dense = shapely.segmentize(geom, step)
-    coords = shapely.get_coordinates(dense)
-    xs, ys = transformer.transform(coords[:, 0], coords[:, 1])
+    try:
+        dense = shapely.segmentize(geom, step)
+        coords = shapely.get_coordinates(dense)
+        xs, ys = transformer.transform(coords[:, 0], coords[:, 1])
+    except Exception as e:  # noqa: BLE001 - GEOS/pyproj refuse absurd coordinates
+        raise OptionError(f"cannot place the AOI on the raster: {one_line(e)}") from e
     inv = ~src.transform
     cols, rows = [], []
     for x, y in zip(xs, ys, strict=True):

@@ -1,7 +1,7 @@
 """Batch super-resolution of many scenes into one folder: idempotent, resumable, recorded.
 
 ``run_batch(sources, out_dir, scale=...)`` writes ``OUT/<stem>_x<scale>.tif`` for
-every scene, one after the other, each through ``geosr.upscale.upscale`` (locally
+every scene, one after the other, each through ``geosr.api.upscale`` (locally
 or with its tiles on a Dask cluster, started once for the whole batch). Sources
 that are this batch's own outputs (OUT inside the globbed folder) are left out.
 
@@ -37,24 +37,16 @@ from typing import Any
 import rasterio
 
 from geosr import __version__
-from geosr.errors import GeosrError, GeosrWarning, OptionError
-from geosr.io import default_destination
+from geosr.api import upscale
+from geosr.errors import GeosrWarning, OptionError, error_summary
+from geosr.io import check_source, default_destination, is_local, remove_stale_temporaries
 from geosr.models import Upscaler, default_model_spec, load_model
-from geosr.upscale import (
-    CONSISTENCY,
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_OVERLAP,
-    DEFAULT_TILE_SIZE,
-    SCALES,
-    upscale,
-)
+from geosr.options import RunOptions
 
 #: Name of the manifest written in the output folder.
 MANIFEST_NAME = "manifest.json"
 #: Lock file held in the output folder while a batch runs.
 LOCK_NAME = ".geosr-batch.lock"
-#: Glob of the temporary files ``geosr.io.atomic_destination`` leaves after a crash.
-TEMP_GLOB = ".*.geosr-*.tmp.tif*"
 STATUSES = ("ok", "skipped", "failed")
 
 
@@ -113,42 +105,30 @@ def expand_sources(sources: str | os.PathLike[str] | Sequence[str | os.PathLike[
                    ) -> list[Path]:
     """Expand glob patterns (sorted) and keep plain paths, without duplicates.
 
+    Glob matches that are not regular files (folders, pipes) are left out; a plain
+    path that exists but is not a regular file is an error.
+
     Raises:
         OptionError: a pattern or path matches nothing, or nothing at all is left.
+        InputError: a plain path is a folder, a pipe or a device.
     """
     items = [sources] if isinstance(sources, str | os.PathLike) else list(sources)
     out: list[Path] = []
     for item in items:
         text = os.fspath(item)
         if glob.has_magic(text):
-            matches = sorted(glob.glob(text))
+            matches = [m for m in sorted(glob.glob(text)) if Path(m).is_file()]
             if not matches:
                 raise OptionError(f"no file matches {text!r}")
             out.extend(Path(m) for m in matches)
         else:
+            if is_local(text) and os.path.exists(text):
+                check_source(text)
             out.append(Path(text))
     unique = list(dict.fromkeys(out))
     if not unique:
         raise OptionError("no scenes given")
     return unique
-
-
-def request_tags(model: Upscaler, *, scale: int, tile_size: int, overlap: int,
-                 consistency: str, bands: str | Sequence[int] | None) -> dict[str, str]:
-    """The provenance tags an up-to-date output must carry (``geosr.upscale`` writes them)."""
-    tags = {
-        "GEOSR_VERSION": __version__,
-        "GEOSR_MODEL": model.name,
-        "GEOSR_WEIGHTS_SHA256": model.sha256 or "none",
-        "GEOSR_SCALE": str(scale),
-        "GEOSR_TILE_SIZE": str(tile_size),
-        "GEOSR_OVERLAP": str(overlap),
-        "GEOSR_CONSISTENCY": consistency,
-    }
-    if bands is not None:
-        tags["GEOSR_BANDS"] = (bands if isinstance(bands, str)
-                               else ",".join(str(int(b)) for b in bands)).replace(" ", "")
-    return tags
 
 
 def output_state(src: Path, dst: Path, request: dict[str, str]) -> str:
@@ -185,15 +165,6 @@ def _folder_lock(out_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def remove_stale_temporaries(out_dir: Path) -> list[Path]:
-    """Delete temporary outputs a crashed run left in ``out_dir``; return them."""
-    stale = sorted(out_dir.glob(TEMP_GLOB))
-    for p in stale:
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
-    return stale
-
-
 def write_manifest(report: BatchReport) -> None:
     """Write the manifest atomically (a crash never leaves a truncated one)."""
     doc = {
@@ -207,16 +178,11 @@ def write_manifest(report: BatchReport) -> None:
     os.replace(tmp, report.manifest)
 
 
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text if isinstance(e, GeosrError) else f"{type(e).__name__}: {text}"
-
-
 def run_batch(
     sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
     *,
-    scale: int,
+    scale: int | None = None,
     model: str | Upscaler | None = None,
     bands: str | Sequence[int] | None = None,
     tile_size: int | None = None,
@@ -226,12 +192,15 @@ def run_batch(
     creation_options: dict[str, str] | Sequence[str] | None = None,
     cog: bool = False,
     consistency: str = "none",
+    aoi: str | os.PathLike[str] | None = None,
+    value_range: str | Sequence[tuple[float, float]] | None = None,
     force: bool = False,
     cluster: Any = None,
     workers: int | None = None,
     scheduler: str | None = None,
     gpu: bool = False,
     progress: bool | None = None,
+    options: RunOptions | None = None,
 ) -> BatchReport:
     """Super-resolve every scene of ``sources`` into ``out_dir``; see the module docstring.
 
@@ -240,9 +209,9 @@ def run_batch(
         out_dir: Output folder (created if missing); outputs are
             ``<stem>_x<scale>.tif``, the manifest is ``manifest.json``.
         scale: 2, 3 or 4.
-        model: As ``geosr.upscale.upscale``; loaded once for the whole batch.
+        model: As ``geosr.api.upscale``; loaded once for the whole batch.
         bands, tile_size, overlap, batch_size, device, creation_options, cog,
-            consistency: As ``geosr.upscale.upscale``, for every scene.
+            consistency, aoi, value_range: As ``geosr.api.upscale``, for every scene.
         force: Recompute scenes even when their output is up to date.
         cluster: A ``distributed.Client`` or ``geosr.distributed.DaskCluster`` to run
             tiles on; or give ``workers``/``scheduler``/``gpu`` to start/connect one
@@ -251,6 +220,8 @@ def run_batch(
         scheduler: Address of a running Dask scheduler.
         gpu: GPU workers (dask-cuda; untested).
         progress: Progress bar over scenes on stderr (default: when stderr is a tty).
+        options: A ``RunOptions`` instead of the option arguments (``scale`` through
+            ``consistency``).
 
     Returns:
         A ``BatchReport``; scenes that failed have ``status == "failed"`` (no exception).
@@ -260,15 +231,17 @@ def run_batch(
             folder locked by another batch, or the cluster cannot be started.
         KeyboardInterrupt: on Ctrl-C/SIGTERM, after the manifest is written.
     """
-    if scale not in SCALES:
-        raise OptionError(f"scale must be one of {', '.join(map(str, SCALES))}, got {scale!r}")
-    if consistency not in CONSISTENCY:
-        raise OptionError(f"consistency must be one of {CONSISTENCY}, got {consistency!r}")
-    tile_size = DEFAULT_TILE_SIZE if tile_size is None else int(tile_size)
-    overlap = DEFAULT_OVERLAP if overlap is None else int(overlap)
-    batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
-    scenes = expand_sources(sources)
+    opts = options or RunOptions.from_kwargs(
+        scale=scale, model=model, bands=bands, tile_size=tile_size, overlap=overlap,
+        batch_size=batch_size, device=device, creation_options=creation_options, cog=cog,
+        consistency=consistency, aoi=aoi,
+        value_range=tuple(value_range) if value_range is not None
+        and not isinstance(value_range, str) else value_range)
+    scale = opts.scale
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OptionError(f"--out-dir {out} exists and is not a folder")
+    scenes = expand_sources(sources)
     # With OUT among the scene folders, a glob also matches this batch's own outputs.
     own = {default_destination(out / s.name, scale).resolve() for s in scenes}
     scenes = [s for s in scenes if s.resolve() not in own]
@@ -279,16 +252,17 @@ def run_batch(
             raise OptionError(f"{seen[o]} and {s} would both be written to {o}")
         seen[o] = s
     distributed = cluster is not None or workers is not None or scheduler is not None or gpu
+    model = opts.model
     if model is None:
         model, fallback = default_model_spec(scale)
         if fallback:
             warnings.warn(fallback, GeosrWarning, stacklevel=2)
     # Loaded once: locally it runs every scene; with a cluster it is the descriptor
     # (name, digest) the outputs are checked against, and workers load their own.
-    upscaler = load_model(model, scale, device="cpu" if distributed else device)
+    upscaler = load_model(model, scale, device="cpu" if distributed else opts.device)
     run_model: str | Upscaler = model if distributed and isinstance(model, str) else upscaler
-    request = request_tags(upscaler, scale=scale, tile_size=tile_size, overlap=overlap,
-                           consistency=consistency, bands=bands)
+    opts = opts.with_model(run_model)
+    request = opts.request_tags(upscaler)
     out.mkdir(parents=True, exist_ok=True)
     report = BatchReport(out, out / MANIFEST_NAME, request=request)
     if progress is None:
@@ -316,11 +290,7 @@ def run_batch(
         try:
             for src, dst in zip(scenes, outputs, strict=True):
                 report.records.append(_one_scene(
-                    src, dst, request, force=force, model=run_model, bands=bands,
-                    tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,
-                    creation_options=creation_options, cog=cog, consistency=consistency,
-                    get_cluster=get_cluster, scale=scale,
-                ))
+                    src, dst, request, opts, force=force, get_cluster=get_cluster))
                 write_manifest(report)
                 if bar is not None:
                     bar.update(1)
@@ -330,8 +300,8 @@ def run_batch(
     return report
 
 
-def _one_scene(src: Path, dst: Path, request: dict[str, str], *, force: bool, scale: int,
-               get_cluster: Any, **options: Any) -> SceneRecord:
+def _one_scene(src: Path, dst: Path, request: dict[str, str], options: RunOptions, *,
+               force: bool, get_cluster: Any) -> SceneRecord:
     t0 = time.perf_counter()
     state = output_state(src, dst, request)
     if state == "current" and not force:
@@ -343,11 +313,11 @@ def _one_scene(src: Path, dst: Path, request: dict[str, str], *, force: bool, sc
                            f"{dst} exists and is not a geosr output")
     cluster = get_cluster()  # outside the try: a cluster that cannot start stops the batch
     try:
-        result = upscale(src, dst, scale=scale, overwrite=state != "missing", progress=False,
-                         cluster=cluster, **options)
+        result = upscale(src, dst, options=options, overwrite=state != "missing",
+                         progress=False, cluster=cluster)
         with rasterio.open(result.dst) as ds:
             mpix = ds.width * ds.height / 1e6
     except Exception as e:  # noqa: BLE001 - one scene's failure must not stop the batch
         return SceneRecord(str(src), str(dst), "failed", time.perf_counter() - t0, 0.0,
-                           _one_line(e))
+                           error_summary(e))
     return SceneRecord(str(src), str(dst), "ok", time.perf_counter() - t0, mpix)

@@ -8,16 +8,18 @@ are one line ``geosr: warning: ...``.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
 
-from geosr import __version__, options
+from geosr import __version__, cli_options
 from geosr.errors import GeosrError, GeosrWarning
-from geosr.models import CLASSICAL
+from geosr.options import RunOptions
 
 
 def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int,
@@ -38,61 +40,83 @@ def cli() -> None:
 @click.argument("src")
 @click.option("--output", "-o", "dst", default=None, metavar="DST",
               help="Output GeoTIFF. Default: <stem>_x<scale>.tif beside SRC.")
-@options.scale_opt
-@options.model_opt
-@options.bands_opt
-@options.tile_size_opt
-@options.overlap_opt
-@options.batch_size_opt
-@options.device_opt
-@options.creation_options_opt
+@cli_options.scale_opt
+@cli_options.model_opt
+@cli_options.bands_opt
+@cli_options.tile_size_opt
+@cli_options.overlap_opt
+@cli_options.batch_size_opt
+@cli_options.device_opt
+@cli_options.creation_options_opt
 @click.option("--cog", is_flag=True, default=False,
               help="Write a Cloud Optimized GeoTIFF with averaged overviews.")
-@options.aoi_opt
-@options.overwrite_opt
+@cli_options.aoi_opt
+@cli_options.overwrite_opt
 @click.option("--consistency", type=click.Choice(["none", "exact"]), default="none",
               show_default=True,
               help="exact: shift each s x s block so its mean equals the input pixel.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: when stderr is a terminal).")
-@options.workers_opt
-@options.scheduler_opt
-@options.gpu_workers_opt
+@cli_options.range_opt
+@cli_options.dst_nodata_opt
+@cli_options.quiet_opt
+@cli_options.ignore_limits_opt
+@cli_options.workers_opt
+@cli_options.scheduler_opt
+@cli_options.gpu_workers_opt
 def upscale(src: str, dst: str | None, scale: int, model: str | None, bands: str | None,
             tile_size: int, overlap: int, batch_size: int, device: str,
             creation_options: Sequence[str], cog: bool, aoi: str | None, overwrite: bool,
-            consistency: str, progress: bool | None, workers: int | None,
+            consistency: str, progress: bool | None, value_range: str | None,
+            dst_nodata: str | None, quiet: bool, ignore_limits: bool, workers: int | None,
             scheduler: str | None, gpu: bool) -> None:
     """Super-resolve SRC by --scale into a georeferenced GeoTIFF."""
-    from geosr.upscale import upscale as run_upscale
+    from geosr.api import upscale as run_upscale
 
+    opts = RunOptions(scale=scale, model=model, bands=bands, tile_size=tile_size,
+                      overlap=overlap, batch_size=batch_size, device=device,
+                      creation_options=tuple(creation_options), cog=cog, aoi=aoi,
+                      consistency=consistency, value_range=value_range,
+                      dst_nodata=dst_nodata, ignore_limits=ignore_limits)
     if progress is None:
-        progress = sys.stderr.isatty()
-    kwargs: dict[str, Any] = dict(
-        scale=scale, model=model, bands=bands, tile_size=tile_size, overlap=overlap,
-        batch_size=batch_size, device=device, creation_options=list(creation_options),
-        cog=cog, aoi=aoi, overwrite=overwrite, consistency=consistency, progress=progress,
-    )
+        progress = sys.stderr.isatty() and not quiet
+    kwargs: dict[str, Any] = dict(options=opts, overwrite=overwrite, progress=progress)
     if workers is None and scheduler is None and not gpu:
-        _tune_malloc_for(model)
+        _tune_malloc_for(opts)
         result = run_upscale(src, dst, **kwargs)
     else:
         from geosr.distributed import connect
+        from geosr.io import check_destination, check_source, default_destination
+        from geosr.models import describe_model
 
+        # What can be checked without the cluster is checked before it is started.
+        check_source(src)
+        check_destination(Path(dst) if dst else default_destination(src, opts.scale),
+                          overwrite=overwrite, src=src)
+        describe_model(opts.model, opts.scale)
         with connect(workers=workers, scheduler=scheduler, gpu=gpu) as cluster:
             result = run_upscale(src, dst, cluster=cluster, **kwargs)
+    if quiet:
+        return
     click.echo(
         f"{result.dst}: x{result.scale} with {result.model}, {result.tiles} tiles "
-        f"({result.skipped_tiles} without data), {result.clipped_total} clipped pixels, "
+        f"({result.skipped_tiles} without data), {result.clipped_total} clipped pixels "
+        f"({result.clipped_percent:.2f}% of output values beyond the data type, clipped), "
         f"{result.seconds:.1f} s",
         err=True,
     )
 
 
-def _tune_malloc_for(model: str | None) -> None:
+def _tune_malloc_for(opts: RunOptions) -> None:
     """Keep big freed blocks in this process when LGUN will run in it (``lgun.fast.tune_malloc``:
     process-wide, so the CLI decides, not the library; about half of the CPU speed-up)."""
-    if model not in ("nearest", *CLASSICAL):
+    from geosr.models import describe_model
+
+    try:
+        neural = describe_model(opts.model, opts.scale).neural
+    except GeosrError:  # the run itself reports it, in its own order
+        return
+    if neural:
         from lgun.fast import tune_malloc
 
         tune_malloc()
@@ -102,31 +126,38 @@ def _tune_malloc_for(model: str | None) -> None:
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--out-dir", "-d", required=True, metavar="OUT",
               help="Output folder: <stem>_x<scale>.tif per scene and manifest.json.")
-@options.scale_opt
-@options.model_opt
-@options.bands_opt
-@options.tile_size_opt
-@options.overlap_opt
-@options.batch_size_opt
-@options.device_opt
-@options.creation_options_opt
+@cli_options.scale_opt
+@cli_options.model_opt
+@cli_options.bands_opt
+@cli_options.tile_size_opt
+@cli_options.overlap_opt
+@cli_options.batch_size_opt
+@cli_options.device_opt
+@cli_options.creation_options_opt
 @click.option("--cog", is_flag=True, default=False,
               help="Write Cloud Optimized GeoTIFFs with averaged overviews.")
 @click.option("--consistency", type=click.Choice(["none", "exact"]), default="none",
               show_default=True,
               help="exact: shift each s x s block so its mean equals the input pixel.")
-@click.option("--force", is_flag=True, default=False,
-              help="Recompute scenes whose output is already up to date.")
+@cli_options.aoi_opt
+@click.option("--overwrite", "--force", "force", is_flag=True, default=False,
+              help="Recompute scenes whose output is already up to date (outputs of other "
+              "settings are always replaced; files geosr did not make never are).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar over scenes on stderr (default: when stderr is a terminal).")
-@options.workers_opt
-@options.scheduler_opt
-@options.gpu_workers_opt
+@cli_options.range_opt
+@cli_options.dst_nodata_opt
+@cli_options.quiet_opt
+@cli_options.ignore_limits_opt
+@cli_options.workers_opt
+@cli_options.scheduler_opt
+@cli_options.gpu_workers_opt
 def batch(sources: Sequence[str], out_dir: str, scale: int, model: str | None,
           bands: str | None, tile_size: int, overlap: int, batch_size: int, device: str,
-          creation_options: Sequence[str], cog: bool, consistency: str, force: bool,
-          progress: bool | None, workers: int | None, scheduler: str | None,
-          gpu: bool) -> None:
+          creation_options: Sequence[str], cog: bool, consistency: str, aoi: str | None,
+          force: bool, progress: bool | None, value_range: str | None,
+          dst_nodata: str | None, quiet: bool, ignore_limits: bool, workers: int | None,
+          scheduler: str | None, gpu: bool) -> None:
     """Super-resolve every scene of SOURCES (paths or quoted globs) into --out-dir.
 
     Up-to-date outputs (same provenance tags) are skipped, so an interrupted batch
@@ -134,15 +165,19 @@ def batch(sources: Sequence[str], out_dir: str, scale: int, model: str | None,
     """
     from geosr.batch import run_batch
 
+    opts = RunOptions(scale=scale, model=model, bands=bands, tile_size=tile_size,
+                      overlap=overlap, batch_size=batch_size, device=device,
+                      creation_options=tuple(creation_options), cog=cog,
+                      consistency=consistency, aoi=aoi, value_range=value_range,
+                      dst_nodata=dst_nodata, ignore_limits=ignore_limits)
     if workers is None and scheduler is None and not gpu:
-        _tune_malloc_for(model)
-    report = run_batch(
-        list(sources), out_dir, scale=scale, model=model, bands=bands, tile_size=tile_size,
-        overlap=overlap, batch_size=batch_size, device=device,
-        creation_options=list(creation_options), cog=cog, consistency=consistency,
-        force=force, workers=workers, scheduler=scheduler, gpu=gpu, progress=progress,
-    )
-    click.echo(f"{report.manifest}: {report.summary()}", err=True)
+        _tune_malloc_for(opts)
+    if quiet:
+        progress = False
+    report = run_batch(list(sources), out_dir, options=opts, force=force, workers=workers,
+                       scheduler=scheduler, gpu=gpu, progress=progress)
+    if not quiet:
+        click.echo(f"{report.manifest}: {report.summary()}", err=True)
     for r in report.failed:
         click.echo(f"geosr: error: {r.scene}: {r.error}", err=True)
     if report.failed:
@@ -151,21 +186,25 @@ def batch(sources: Sequence[str], out_dir: str, scale: int, model: str | None,
 
 @cli.command()
 @click.argument("src")
-@options.scale_opt
-@options.model_opt
-@options.bands_opt
-@options.tile_size_opt
-@options.overlap_opt
-@options.batch_size_opt
-@options.aoi_opt
+@cli_options.scale_opt
+@cli_options.model_opt
+@cli_options.bands_opt
+@cli_options.tile_size_opt
+@cli_options.overlap_opt
+@cli_options.batch_size_opt
+@cli_options.aoi_opt
+@cli_options.range_opt
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def info(src: str, scale: int, model: str | None, bands: str | None, tile_size: int,
-         overlap: int, batch_size: int, aoi: str | None, as_json: bool) -> None:
+         overlap: int, batch_size: int, aoi: str | None, value_range: str | None,
+         as_json: bool) -> None:
     """Show what `geosr upscale` would do with SRC: bands, mapping, tiles, memory."""
-    from geosr.upscale import describe
+    from geosr.api import describe
 
-    d = describe(src, scale=scale, model=model, bands=bands, tile_size=tile_size,
-                 overlap=overlap, batch_size=batch_size, aoi=aoi)
+    d = describe(src, options=RunOptions(scale=scale, model=model, bands=bands,
+                                         tile_size=tile_size, overlap=overlap,
+                                         batch_size=batch_size, aoi=aoi,
+                                         value_range=value_range))
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
@@ -202,26 +241,39 @@ def info(src: str, scale: int, model: str | None, bands: str | None, tile_size: 
 @click.argument("dst")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def qa(src: str, dst: str, as_json: bool) -> None:
-    """Check DST (a geosr output) against its source SRC."""
-    from geosr.qa import qa_report
+    """Check DST (a geosr output) against its source SRC and judge it.
+
+    Exit status 0 (pass), 3 (warn) or 1 (fail: not made from SRC, or beyond the
+    thresholds); the verdict and its reasons are also one line on stderr.
+    """
+    from geosr.errors import GeosrError
+    from geosr.qa import EXIT_CODES, qa_report
 
     report = qa_report(src, dst)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
+    reasons = "; ".join(report.reasons or [])
+    if report.verdict == "fail":
+        raise GeosrError(f"qa failed for {dst}: {reasons}")
+    if report.verdict == "warn":
+        warnings.warn(f"qa: {dst}: {reasons}", GeosrWarning, stacklevel=1)
+        raise click.exceptions.Exit(EXIT_CODES["warn"])
 
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit status; user errors become one stderr line."""
-    from geosr.io import Terminated, sigterm_as_interrupt
+    from geosr.io import Terminated, native_stderr_captured, sigterm_as_interrupt
 
     warnings.showwarning = _show_warning
+    _quiet_libraries()
+    native: list[str] = []
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), native_stderr_captured() as native:
             status = cli.main(args=list(argv) if argv is not None else None, prog_name="geosr",
                               standalone_mode=False)
         if isinstance(status, int) and status:  # click returns Exit codes in this mode
             return status
     except GeosrError as e:
-        click.echo(f"geosr: error: {e}", err=True)
+        click.echo(f"geosr: error: {_line(_with_cause(str(e), native))}", err=True)
         return 1
     except click.exceptions.Exit as e:
         return int(e.exit_code)
@@ -238,9 +290,39 @@ def run(argv: Sequence[str] | None = None) -> int:
         click.echo("geosr: error: interrupted; no partial output was left", err=True)
         return 143 if isinstance(e, Terminated) else 130
     except OSError as e:
-        click.echo(f"geosr: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), err=True)
+        text = f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")
+        click.echo(f"geosr: error: {_line(text)}", err=True)
         return 1
     return 0
+
+
+#: Longest error line printed (GDAL and torch messages can list hundreds of names).
+MAX_ERROR_CHARS = 400
+
+
+def _line(text: str) -> str:
+    """``text`` on one line, shortened to ``MAX_ERROR_CHARS``."""
+    one = " ".join(text.split())
+    return one if len(one) <= MAX_ERROR_CHARS else one[: MAX_ERROR_CHARS - 3] + "..."
+
+
+def _with_cause(message: str, native: list[str]) -> str:
+    """``message`` and, when GDAL or libtiff printed why (``No space left on device``),
+    that reason in parentheses."""
+    if not native:
+        return message
+    cause = native[-1].split(": ", 1)[-1].rstrip(".")
+    return message if cause.lower() in message.lower() else f"{message} ({cause})"
+
+
+def _quiet_libraries() -> None:
+    """GDAL messages (logged by rasterio) and Dask's logs do not reach stderr: what matters
+    reaches the user as geosr's one error line, with GDAL's text as its cause."""
+    for name in ("rasterio", "distributed", "dask"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.CRITICAL)
+        if not logger.handlers:
+            logger.addHandler(logging.NullHandler())
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 The client (this process) keeps the roles that need the files: it plans the run,
 reads and prepares the input windows, blends the returned tiles and is the one
-writer. Workers only run ``geosr.upscale.predict_tiles`` on chunks of tiles they
+writer. Workers only run ``geosr.engine.predict_tiles`` on chunks of tiles they
 receive, so no shared filesystem is assumed and the output is the same as the
 local loop's (same function, same chunks).
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -43,13 +44,37 @@ import dask
 import numpy as np
 from distributed import Client, KilledWorker, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
+from distributed.security import Security
 
-from geosr.errors import GeosrError, OptionError
-from geosr.models import ModelRef, Upscaler, forget_model, install_model, worker_model
-from geosr.upscale import ModelWork, predict_tiles
+from geosr.engine import Job, JobResult, ModelWork, predict_tiles
+from geosr.errors import GeosrError, OptionError, one_line
+from geosr.model_cache import ModelRef, forget_model, install_model, worker_model
+from geosr.models import Upscaler
 
 #: Resource that GPU workers advertise and model tasks request in GPU mode.
 GPU_RESOURCE = {"GPU": 1}
+#: A scheduler address: ``[protocol://]host:port``.
+_ADDRESS_RE = re.compile(r"^(?:(?P<proto>tcp|tls|ucx|ws|wss)://)?(?P<host>\[[0-9a-fA-F:.]+\]|"
+                         r"[A-Za-z0-9_.-]+):(?P<port>\d{1,5})/?$")
+
+
+def check_scheduler_address(address: str) -> str:
+    """Validate ``[tcp|tls|ucx|ws|wss://]HOST:PORT`` and return it.
+
+    Raises:
+        OptionError: anything else.
+    """
+    m = _ADDRESS_RE.match(address.strip())
+    if m is None or not 0 < int(m["port"]) < 65536:
+        raise OptionError(f"--scheduler must be [tcp|tls://]HOST:PORT, got {address!r}")
+    return address.strip()
+
+
+def local_security() -> Security:
+    """TLS with a fresh, temporary CA and certificate for a local cluster: only this
+    process (and the workers it starts) hold the key, so another local process that
+    finds the scheduler's port cannot submit work to it."""
+    return Security.temporary()
 
 
 @dataclass
@@ -91,9 +116,11 @@ def connect(*, workers: int | None = None, scheduler: str | None = None, gpu: bo
     """Start a local cluster or connect to a running scheduler, for one ``with`` block.
 
     Args:
-        workers: Start a ``LocalCluster`` of this many worker processes, TCP on the
-            loopback interface (with ``gpu``: that many GPU workers; default one per GPU).
-        scheduler: Address of a running scheduler (``tcp://HOST:PORT``) instead.
+        workers: Start a ``LocalCluster`` of this many worker processes, TLS with
+            temporary credentials on the loopback interface (``local_security``; with
+            ``gpu``: that many GPU workers; default one per GPU).
+        scheduler: Address of a running scheduler (``tcp://HOST:PORT`` or
+            ``tls://HOST:PORT``) instead; TLS credentials come from the dask config.
         gpu: Model tasks request the ``GPU`` resource; without ``scheduler`` a
             ``dask_cuda.LocalCUDACluster`` is started (needs dask-cuda; untested here).
             Workers of an external cluster must be started with ``--resources GPU=1``.
@@ -116,10 +143,12 @@ def connect(*, workers: int | None = None, scheduler: str | None = None, gpu: bo
         raise OptionError("give --workers N or --scheduler tcp://HOST:PORT")
     resources = dict(GPU_RESOURCE) if gpu else None
     if scheduler is not None:
-        try:
+        scheduler = check_scheduler_address(scheduler)
+        try:  # security: the user's dask config (distributed.comm.tls.*), see docs/geosr.md
             client = Client(scheduler, timeout="10s")
-        except (OSError, TimeoutError) as e:
-            raise OptionError(f"cannot reach the Dask scheduler at {scheduler}: {e}") from e
+        except Exception as e:  # noqa: BLE001 - comm errors come in many types
+            raise OptionError(
+                f"cannot reach the Dask scheduler at {scheduler}: {one_line(e)}") from e
         try:
             yield DaskCluster(client, resources, max_in_flight)
         finally:
@@ -127,7 +156,7 @@ def connect(*, workers: int | None = None, scheduler: str | None = None, gpu: bo
         return
     common: dict[str, Any] = {
         "n_workers": workers, "threads_per_worker": threads_per_worker,
-        "dashboard_address": None, "silence_logs": logging.ERROR,
+        "dashboard_address": None, "silence_logs": logging.CRITICAL,
     }
     if gpu:
         if importlib.util.find_spec("dask_cuda") is None:
@@ -135,12 +164,15 @@ def connect(*, workers: int | None = None, scheduler: str | None = None, gpu: bo
                               "(pip install dask-cuda)")
         from dask_cuda import LocalCUDACluster  # pragma: no cover - needs a GPU
 
-        local = LocalCUDACluster(protocol="tcp", host="127.0.0.1", resources=resources,
-                                 **common)  # pragma: no cover
+        local = LocalCUDACluster(protocol="tls", host="127.0.0.1", resources=resources,
+                                 security=local_security(), **common)  # pragma: no cover
     else:
         with dask.config.set(_WORKER_ENV):
-            local = LocalCluster(processes=processes, protocol="tcp" if processes else "inproc",
-                                 host="127.0.0.1" if processes else None, **common)
+            if processes:
+                local = LocalCluster(processes=True, protocol="tls", host="127.0.0.1",
+                                     security=local_security(), **common)
+            else:  # threads of this process: nothing listens on a port
+                local = LocalCluster(processes=False, protocol="inproc", **common)
     try:
         with Client(local) as client:
             yield DaskCluster(client, resources, max_in_flight)
@@ -183,7 +215,7 @@ def _predict_task(ref: ModelRef, work: ModelWork, xs: list[np.ndarray],
 
 @dataclass
 class DaskExecutor:
-    """``geosr.upscale.TileExecutor`` that runs chunks on a Dask cluster.
+    """``geosr.engine.TileExecutor`` that runs chunks on a Dask cluster.
 
     Build it with ``DaskExecutor.create``.
     """
@@ -202,8 +234,7 @@ class DaskExecutor:
         key = f"geosr-model-{uuid.uuid4().hex}"
         return cls(dc, ModelRef(key, None, scale, device), ModelPlugin(key, model))
 
-    def map(self, work: ModelWork, jobs: Iterable[tuple[Any, list[np.ndarray], list[bool]]]
-            ) -> Iterator[tuple[Any, list[np.ndarray | None], float]]:
+    def map(self, work: ModelWork, jobs: Iterable[Job]) -> Iterator[JobResult]:
         """Submit chunks with bounded look-ahead and yield their results in order."""
         client = self.cluster.client
         limit = self.cluster.in_flight_limit()
@@ -231,7 +262,7 @@ class DaskExecutor:
                     pass
 
     @staticmethod
-    def _result(key: Any, fut: Any) -> tuple[Any, list[np.ndarray | None], float]:
+    def _result(key: Any, fut: Any) -> JobResult:
         try:
             outs, seconds = fut.result()
         except KilledWorker as e:

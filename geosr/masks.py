@@ -63,13 +63,17 @@ def describe_masks(src: Any, bands: tuple[int, ...]) -> MaskInfo:
 
 
 def valid_from_data(data: np.ndarray, info: MaskInfo) -> np.ndarray:
-    """Validity implied by the values alone: nodata, NaN and +-inf are invalid."""
+    """Validity implied by the values alone: nodata, NaN and +-inf are invalid.
+
+    Array-agnostic (numpy ufuncs and ``ones_like`` dispatch): a dask array gives a lazy
+    dask array, which the xarray accessor uses for its radiometry reduction.
+    """
     if np.issubdtype(data.dtype, np.floating):
         valid = np.isfinite(data)
     else:
-        valid = np.ones(data.shape, dtype=bool)
+        valid = np.ones_like(data, dtype=bool)
     if info.kind == "nodata" and info.nodata is not None and not info.nodata_is_nan:
-        valid &= data != np.asarray(info.nodata).astype(data.dtype)
+        valid = valid & (data != np.asarray(info.nodata).astype(data.dtype))
     return valid
 
 

@@ -13,23 +13,26 @@ larger. Implementations:
   ``gdalwarp -r cubic|lanczos -tr res/s res/s`` of the same raster.
 * ``LGUNUpscaler``: an ``lgun.LGUN`` network; torch is imported lazily.
 
-``default_model_spec(scale)`` is the one place that decides what runs when no
-model is named: the best shipped weights for the scale (``lgun-aid-x{s}``, then
-``lgun-x{s}``), else bicubic with a warning. It switches by itself when weights
-are installed.
+``describe_model(spec, scale)`` reads what a model needs (its ``ModelInfo``: neural or
+not, input channels, size multiple, half precision, overlap hint) before anything is
+loaded, from the shipped-weights table or the weights' JSON: runs are planned and
+validated from it, then ``load_model`` builds the ``Upscaler``.
+``default_model_spec(scale)`` is the one place that decides what runs when no model
+is named: the best shipped weights for the scale (``lgun-aid-x{s}``, then
+``lgun-x{s}``), else bicubic with a warning. It switches by itself when weights are
+installed. The per-process cache that Dask workers load models into is
+``geosr.model_cache``.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from geosr.errors import OptionError
+from geosr.errors import OptionError, WeightsError, one_line
 
 #: Classical resampling methods offered beside the networks.
 CLASSICAL = ("bicubic", "lanczos")
@@ -123,22 +126,18 @@ class ClassicalUpscaler:
 
 
 def resolve_device(device: str) -> str:
-    """Turn ``auto``/``cpu``/``cuda``/``cuda:N`` into a torch device string.
+    """``lgun.device.resolve_device`` as a torch device string; errors are ``OptionError``.
 
     Raises:
         OptionError: unknown device, or CUDA asked for but not available.
     """
-    import torch
+    from lgun.device import DeviceError
+    from lgun.device import resolve_device as lgun_resolve
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return "cpu"
-    if device == "cuda" or device.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise OptionError(f"device {device!r} requested but CUDA is not available")
-        return device
-    raise OptionError(f"device must be auto, cpu or cuda, got {device!r}")
+    try:
+        return str(lgun_resolve(device))
+    except DeviceError as e:
+        raise OptionError(str(e)) from e
 
 
 @dataclass
@@ -192,18 +191,18 @@ class LGUNUpscaler:
         """Load shipped weights (by name) or a ``.safetensors`` file.
 
         Raises:
-            OptionError: the weights are missing, corrupt or not an LGUN.
+            WeightsError: the weights are missing, corrupt or not an LGUN.
         """
         import lgun
 
         dev = resolve_device(device)
         try:
-            module = lgun.load_pretrained(name_or_path, device=dev)
+            module, meta = lgun.load_weights(name_or_path, device=dev)
         except lgun.WeightsError as e:
-            raise OptionError(str(e)) from e
-        meta = getattr(module, "meta", {}) or {}
-        name = str(meta.get("name") or Path(str(name_or_path)).stem)
-        return cls(module, name=name, device=dev, sha256=meta.get("sha256"))
+            raise WeightsError(" ".join(str(e).split())) from e
+        except Exception as e:  # noqa: BLE001 - safetensors/torch raise many types on a bad file
+            raise WeightsError(f"cannot load the weights {name_or_path}: {one_line(e)}") from e
+        return cls(module, name=meta.name, device=dev, sha256=meta.sha256)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         import time
@@ -220,6 +219,79 @@ class LGUNUpscaler:
         return y
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the pipeline knows about a model before loading it.
+
+    Attributes:
+        name: The spec as given (``bicubic``, ``lgun-aid-x4``, a path) or the object's name.
+        neural: Whether it is a network (runs on a device, worth ``tune_malloc``).
+        scale: Upscaling factor, when the descriptor says (``None``: any scale).
+        in_channels: Channels the model takes (``None``: any count, band by band).
+        size_multiple: Tile height and width must be multiples of this.
+        supports_half: Whether float16 inference is safe.
+        overlap_hint: Suggested tile overlap (input pixels per side), if the model says.
+    """
+
+    name: str
+    neural: bool
+    scale: int | None
+    in_channels: int | None
+    size_multiple: int = 1
+    supports_half: bool = True
+    overlap_hint: int | None = None
+
+
+def _check_weights_spec(spec: str) -> None:
+    """Refuse a name that is neither a method, a shipped name nor a weights path."""
+    if not (spec.endswith((".safetensors", ".json")) or "/" in spec or spec.startswith("lgun")):
+        raise OptionError(
+            f"unknown model {spec!r}: give nearest, bicubic, lanczos, a shipped "
+            "LGUN name (lgun-x4, lgun-aid-x4, ...) or a .safetensors file"
+        )
+
+
+def describe_model(spec: str | Upscaler | None, scale: int) -> ModelInfo:
+    """The ``ModelInfo`` of a model spec, without loading tensors (or torch).
+
+    Args:
+        spec: As ``load_model``.
+        scale: The requested scale (weight-free methods take any).
+
+    Raises:
+        OptionError: unknown name.
+        WeightsError: unreadable weights metadata, another architecture, or a
+            configuration outside sane bounds (``geosr.weights``).
+    """
+    if spec is None:
+        spec, _ = default_model_spec(scale)
+    if not isinstance(spec, str):
+        return ModelInfo(spec.name, isinstance(spec, LGUNUpscaler), spec.scale,
+                         spec.in_channels, spec.size_multiple, spec.supports_half)
+    if spec == "nearest" or spec in CLASSICAL:
+        return ModelInfo(spec, False, None, None)
+    _check_weights_spec(spec)
+    from lgun.pretrained import PRETRAINED, weights_meta
+    from lgun.pretrained import WeightsError as LgunWeightsError
+
+    info = PRETRAINED.get(spec)
+    if info is not None:
+        return ModelInfo(spec, True, info.scale, info.in_channels, info.size_multiple,
+                         info.supports_half, info.overlap_hint)
+    from geosr.weights import check_descriptor
+
+    try:
+        meta = weights_meta(spec)
+    except LgunWeightsError as e:
+        raise WeightsError(" ".join(str(e).split())) from e
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise WeightsError(f"cannot read the description of {spec}: {one_line(e)}") from e
+    check_descriptor(meta.architecture, meta.config, str(meta.path.with_suffix(".json")))
+    if meta.scale != scale:
+        raise OptionError(f"model {spec!r} upscales x{meta.scale}, but --scale is {scale}")
+    return ModelInfo(spec, True, meta.scale, meta.in_channels)
+
+
 def default_model_spec(scale: int) -> tuple[str, str | None]:
     """The model to use when none is named, and a warning if it is a fallback.
 
@@ -229,14 +301,10 @@ def default_model_spec(scale: int) -> tuple[str, str | None]:
     Returns:
         ``(spec, warning)``; ``warning`` is ``None`` when shipped weights are used.
     """
-    try:
-        import lgun
-    except ImportError:  # pragma: no cover - lgun is part of this distribution
-        pretrained: dict[str, Any] = {}
-    else:
-        pretrained = lgun.PRETRAINED
+    from lgun.pretrained import PRETRAINED
+
     for name in (f"lgun-aid-x{scale}", f"lgun-x{scale}"):
-        info = pretrained.get(name)
+        info = PRETRAINED.get(name)
         if info is not None and info.available:
             return name, None
     return "bicubic", (
@@ -266,90 +334,8 @@ def load_model(spec: str | Upscaler | None, scale: int, *, device: str = "auto")
     elif spec in CLASSICAL:
         model = ClassicalUpscaler(scale, spec)
     else:
-        looks_like_path = spec.endswith((".safetensors", ".json")) or "/" in spec
-        if not looks_like_path and not spec.startswith("lgun"):
-            raise OptionError(
-                f"unknown model {spec!r}: give nearest, bicubic, lanczos, a shipped "
-                "LGUN name (lgun-x4, lgun-aid-x4, ...) or a .safetensors file"
-            )
+        describe_model(spec, scale)  # the descriptor is checked before modules are built
         model = LGUNUpscaler.from_pretrained(spec, device=device)
     if model.scale != scale:
         raise OptionError(f"model {model.name!r} upscales x{model.scale}, but --scale is {scale}")
     return model
-
-
-# --- per-process model cache (Dask workers, xarray graphs) ---------------------
-
-#: Models kept per process (LRU): a long-lived Dask worker serving several runs.
-MODEL_CACHE_SIZE = 2
-_MODELS: OrderedDict[str, Upscaler] = OrderedDict()
-_MODELS_LOCK = threading.RLock()
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """How a task finds its model in the process that runs it (a few bytes to pickle).
-
-    Attributes:
-        key: Cache key.
-        spec: Name or path loaded with ``load_model`` on first use; ``None`` when the
-            model is installed by other means (``install_model``, a Dask worker plugin).
-        scale: Upscaling factor.
-        device: Device for neural models in that process.
-        sha256: Digest the loaded weights must have (the ones the caller's provenance
-            tags name); ``None`` for weight-free models.
-    """
-
-    key: str
-    spec: str | None
-    scale: int
-    device: str
-    sha256: str | None = None
-
-    @classmethod
-    def for_spec(cls, spec: str, scale: int, device: str,
-                 sha256: str | None = None) -> ModelRef:
-        """A reference loaded by name; ``sha256`` (the client's weights) is checked."""
-        return cls(f"spec:{spec}:x{scale}:{device}:{sha256}", spec, scale, device, sha256)
-
-
-def install_model(key: str, model: Upscaler) -> None:
-    """Put ``model`` in this process's cache under ``key`` (least recently used evicted)."""
-    with _MODELS_LOCK:
-        _MODELS[key] = model
-        _MODELS.move_to_end(key)
-        while len(_MODELS) > MODEL_CACHE_SIZE:
-            _MODELS.popitem(last=False)
-
-
-def forget_model(key: str) -> None:
-    """Drop ``key`` from this process's cache."""
-    with _MODELS_LOCK:
-        _MODELS.pop(key, None)
-
-
-def worker_model(ref: ModelRef) -> Upscaler:
-    """The model of ``ref`` in this process, loaded once on first use (thread-safe)."""
-    with _MODELS_LOCK:
-        model = _MODELS.get(ref.key)
-        if model is not None:
-            _MODELS.move_to_end(ref.key)
-            return model
-        if ref.spec is None:
-            raise OptionError(f"model {ref.key} is not installed in this process")
-        model = load_model(ref.spec, ref.scale, device=ref.device)
-        if ref.sha256 is not None and model.sha256 != ref.sha256:
-            # Weights resolved by name here are not the caller's (another install, or
-            # republished meanwhile): the output's provenance would be wrong.
-            raise OptionError(
-                f"model {ref.spec!r} here has weights sha256 {model.sha256}, but the run "
-                f"uses {ref.sha256}: install the same weights on every worker"
-            )
-        if isinstance(model, LGUNUpscaler) and model.device == "cpu":
-            # A worker process exists to run the model: keep its big freed blocks (see
-            # lgun.fast.tune_malloc; process-wide, hence here and not in the adapter).
-            from lgun.fast import tune_malloc
-
-            tune_malloc()
-        install_model(ref.key, model)
-        return model

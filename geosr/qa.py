@@ -8,8 +8,13 @@
   the tile borders of the run (unit and blend-zone edges, read from the GEOSR_*
   tags) divided by the same mean everywhere else. 1.0 means the borders are as
   smooth as the rest of the image; a visible seam pushes it above 1.
-* Clipped pixels (from the run's tags) and nodata coverage of input and output.
+* Clipped pixels (from the run's tags) and nodata coverage of input and output,
+  as percentages.
+* Provenance: the output must have been made from this source: its GEOSR_SOURCE
+  name, its CRS and its bounds (those of the recorded source window) are compared.
 
+A verdict judges the numbers against ``THRESHOLDS``: ``pass``, ``warn`` or ``fail``
+(a provenance mismatch always fails); ``geosr qa`` exits 0, 3 or 1 accordingly.
 Everything streams over row strips, so memory does not depend on the raster size.
 """
 
@@ -24,6 +29,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from geosr.errors import InputError
+from geosr.io import read_window
 from geosr.masks import describe_masks, read_valid
 from geosr.tiling import TileGrid
 
@@ -121,6 +127,18 @@ def block_mean(x: np.ndarray, valid: np.ndarray, scale: int) -> tuple[np.ndarray
     return m, n > 0
 
 
+#: (warn above, fail above) for each judged quantity: LR MAE as a percentage of the
+#: band's radiometric range, seam score, clipped and extra-nodata percentages.
+THRESHOLDS: dict[str, tuple[float, float]] = {
+    "mae_percent": (2.0, 10.0),
+    "seam_score": (2.0, 4.0),
+    "clipped_percent": (1.0, 10.0),
+    "nodata_percent_increase": (1.0, 10.0),
+}
+#: Exit status of ``geosr qa`` by verdict.
+EXIT_CODES = {"pass": 0, "warn": 3, "fail": 1}
+
+
 @dataclass
 class QAReport:
     """Results of ``qa_report``.
@@ -138,6 +156,11 @@ class QAReport:
         nodata_fraction_src: Fraction of invalid pixels in the source window.
         nodata_fraction_dst: Fraction of invalid pixels in the output.
         model: Model recorded in the output's tags.
+        mae_percent: LR MAE per band as a percentage of the band's radiometric range.
+        clipped_percent: Clipped pixels as a percentage of the output's band pixels.
+        mismatches: Provenance checks that failed (source name, CRS, bounds).
+        verdict: ``pass``, ``warn`` or ``fail``.
+        reasons: Why the verdict is not ``pass``.
     """
 
     src: str
@@ -152,6 +175,35 @@ class QAReport:
     nodata_fraction_src: float
     nodata_fraction_dst: float
     model: str | None
+    mae_percent: list[float] | None = None
+    clipped_percent: float | None = None
+    mismatches: list[str] | None = None
+    verdict: str = "pass"
+    reasons: list[str] | None = None
+
+    def judge(self) -> QAReport:
+        """Set ``verdict`` and ``reasons`` from ``THRESHOLDS`` and the provenance checks."""
+        values = {
+            "mae_percent": max((v for v in self.mae_percent or [] if math.isfinite(v)),
+                               default=math.nan),
+            "seam_score": self.seam_score,
+            "clipped_percent": self.clipped_percent if self.clipped_percent is not None
+            else math.nan,
+            "nodata_percent_increase": 100 * (self.nodata_fraction_dst
+                                              - self.nodata_fraction_src),
+        }
+        reasons = [f"not made from this source: {m}" for m in self.mismatches or []]
+        verdict = "fail" if reasons else "pass"
+        for key, (warn, fail) in THRESHOLDS.items():
+            v = values[key]
+            if not math.isfinite(v) or v <= warn:
+                continue
+            level = "fail" if v > fail else "warn"
+            reasons.append(f"{key} {v:.3g} > {fail if level == 'fail' else warn:g}")
+            if level == "fail" or verdict == "pass":
+                verdict = level if verdict != "fail" else "fail"
+        self.verdict, self.reasons = verdict, reasons
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -164,6 +216,11 @@ class QAReport:
         sa = ("n/a (1 band)" if self.spectral_angle_deg is None
               else f"{self.spectral_angle_deg:.4f} deg")
         clipped = "unknown" if self.clipped is None else f"{sum(self.clipped)} {self.clipped}"
+        if self.clipped_percent is not None:
+            clipped += f" ({self.clipped_percent:.3f}%)"
+        if self.mae_percent:
+            mae += " (" + ", ".join(f"{v:.3g}%" for v in self.mae_percent) + " of range)"
+        verdict = self.verdict.upper() + (f": {'; '.join(self.reasons)}" if self.reasons else "")
         return "\n".join([
             f"source:          {self.src}",
             f"output:          {self.dst} (x{self.scale}, model {self.model or 'unknown'})",
@@ -172,8 +229,9 @@ class QAReport:
             (f"seam score:      {self.seam_score:.3f} (1.0 = borders as smooth as elsewhere)"
              if not math.isnan(self.seam_score) else "seam score:      n/a (a single tile)"),
             f"clipped pixels:  {clipped}",
-            f"nodata fraction: source {self.nodata_fraction_src:.4f}, "
-            f"output {self.nodata_fraction_dst:.4f}",
+            f"nodata:          source {100 * self.nodata_fraction_src:.2f}%, "
+            f"output {100 * self.nodata_fraction_dst:.2f}%",
+            f"verdict:         {verdict}",
         ])
 
 
@@ -194,7 +252,7 @@ def qa_report(src: str | Path, dst: str | Path, *, strip_rows: int = 128) -> QAR
     Raises:
         InputError: unreadable files or an output that does not match the source.
     """
-    from geosr.upscale import open_source
+    from geosr.io import open_source
 
     with open_source(src) as s_ds, open_source(dst) as d_ds:
         tags = d_ds.tags()
@@ -215,6 +273,10 @@ def qa_report(src: str | Path, dst: str | Path, *, strip_rows: int = 128) -> QAR
         n = len(bands)
         if d_ds.count < n:
             raise InputError(f"{dst} has {d_ds.count} bands, expected at least {n}")
+        if max(bands) > s_ds.count or min(bands) < 1:
+            raise InputError(f"{dst} was made from band(s) {','.join(map(str, bands))}, but "
+                             f"{src} has {s_ds.count} band(s): not its source")
+        mismatches = _provenance_mismatches(s_ds, d_ds, tags, window, src)
         tile = int(tags.get("GEOSR_TILE_SIZE", 0) or 0)
         overlap = int(tags.get("GEOSR_OVERLAP", 0) or 0)
         if tile:
@@ -237,9 +299,9 @@ def qa_report(src: str | Path, dst: str | Path, *, strip_rows: int = 128) -> QAR
             rh = min(strip_rows, h - r)
             lr_win = Window(window.col_off, window.row_off + r, w, rh)
             hr_win = Window(0, r * scale, w * scale, rh * scale)
-            lr = s_ds.read(bands, window=lr_win).astype(np.float64)
+            lr = read_window(s_ds, tuple(bands), lr_win).astype(np.float64)
             lr_valid = read_valid(s_ds, tuple(bands), lr_win, lr, s_mask)
-            hr_raw = d_ds.read(list(d_bands), window=hr_win)
+            hr_raw = read_window(d_ds, d_bands, hr_win)
             hr_valid = read_valid(d_ds, d_bands, hr_win, hr_raw, d_mask)
             hr = hr_raw.astype(np.float64)
             seams.add(hr, hr_valid)
@@ -264,13 +326,59 @@ def qa_report(src: str | Path, dst: str | Path, *, strip_rows: int = 128) -> QAR
         with np.errstate(invalid="ignore", divide="ignore"):
             mae = (abs_sum / count).tolist()
             mae_phys = (abs_phys / count).tolist()
+        ranges = _ranges(tags.get("GEOSR_RADIOMETRY"), s_ds.dtypes[bands[0] - 1], n)
+        clipped = _int_list(tags.get("GEOSR_CLIPPED"))
         return QAReport(
             src=str(src), dst=str(dst), scale=scale, bands=list(bands),
             mae=[float(v) for v in mae], mae_physical=[float(v) for v in mae_phys],
             spectral_angle_deg=(angle_sum / angle_n if angle_n else None) if n >= 2 else None,
             seam_score=seams.score,
-            clipped=_int_list(tags.get("GEOSR_CLIPPED")),
+            clipped=clipped,
             nodata_fraction_src=inv_src / max(1, n * w * h),
             nodata_fraction_dst=inv_dst / max(1, n * w * h * scale * scale),
             model=tags.get("GEOSR_MODEL"),
-        )
+            mae_percent=[100 * float(m) / r for m, r in zip(mae, ranges, strict=True)],
+            clipped_percent=(100 * sum(clipped) / max(1, n * w * h * scale * scale)
+                             if clipped is not None else None),
+            mismatches=mismatches,
+        ).judge()
+
+
+def _ranges(text: str | None, dtype: str, n: int) -> list[float]:
+    """Width of each band's radiometric range: the run's recorded mapping, else the
+    range of the sample type (1 for floats)."""
+    import json
+
+    try:
+        pairs = json.loads(text) if text else None
+        widths = [float(hi) - float(lo) for lo, hi in pairs] if pairs else []
+    except (ValueError, TypeError):
+        widths = []
+    if len(widths) != n or not all(math.isfinite(v) and v > 0 for v in widths):
+        dt = np.dtype(dtype)
+        full = float(np.iinfo(dt).max) - float(np.iinfo(dt).min) if dt.kind in "iu" else 1.0
+        widths = [full] * n
+    return widths
+
+
+def _provenance_mismatches(s_ds: Any, d_ds: Any, tags: dict[str, str], window: Window,
+                           src: str | Path) -> list[str]:
+    """Which of the output's recorded source name, CRS and bounds disagree with ``src``."""
+    out = []
+    recorded = tags.get("GEOSR_SOURCE")
+    if recorded is not None and recorded != Path(str(src)).name:
+        out.append(f"it records source {recorded!r}")
+    if (s_ds.crs is None) != (d_ds.crs is None) or (s_ds.crs and s_ds.crs != d_ds.crs):
+        out.append(f"CRS {d_ds.crs} != {s_ds.crs}")
+    if not s_ds.transform.is_identity and not d_ds.transform.is_identity:
+        t = s_ds.transform
+        c0, r0 = window.col_off, window.row_off
+        c1, r1 = c0 + window.width, r0 + window.height
+        xs, ys = zip(*(t @ (c, r) for c in (c0, c1) for r in (r0, r1)), strict=True)
+        want = (min(xs), min(ys), max(xs), max(ys))
+        got = tuple(d_ds.bounds)
+        tol = 0.5 * max(abs(d_ds.transform.a), abs(d_ds.transform.e))
+        if any(abs(a - b) > tol for a, b in zip(want, got, strict=True)):
+            out.append(f"bounds {tuple(round(v, 6) for v in got)} != "
+                       f"{tuple(round(v, 6) for v in want)}")
+    return out

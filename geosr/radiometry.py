@@ -10,6 +10,12 @@ map ``u = (x - lo) / (hi - lo)`` chosen from its dtype and its data:
   the whole [0, 1] range, and float32 resolves its steps (1e-4 of the range is far
   above float32's 6e-8 resolution); no "max > 256 means 16 bit" guessing.
 
+A run can fix the ranges instead (``--range LO,HI``, per band ``LO,HI;LO,HI``, or a
+product preset of ``PRESETS``): the same stored value then maps to the same model
+value in a full scene, an AOI and the neighbouring scene, so outputs mosaic, and one
+hot pixel cannot compress the range of the rest. Values outside a fixed range are
+passed to the model outside [0, 1] (not clipped on the way in).
+
 The map is applied to the stored numbers (DN). A band's ``scale``/``offset`` tags
 define physical values ``DN * scale + offset``; since both maps are affine, the
 model sees the same [0, 1] image either way, and the output keeps the DN encoding
@@ -31,6 +37,41 @@ from rasterio.windows import Window
 
 #: Dtypes whose full range is the mapping range.
 FIXED_RANGE_DTYPES = {"uint8": (0.0, 255.0)}
+
+#: Product presets: stored values (DN) mapped to [0, 1], with the scaling they assume.
+#: Reflectance 0..1 in each product's documented encoding (docs/geosr.md, "Ranges").
+PRESETS: dict[str, tuple[float, float]] = {
+    # Sentinel-2 L2A: reflectance = DN / 10000 (processing baselines before 04.00).
+    "sentinel2-l2a": (0.0, 10000.0),
+    # Sentinel-2 L2A baseline 04.00 and later: reflectance = (DN - 1000) / 10000.
+    "sentinel2-l2a-offset": (1000.0, 11000.0),
+    # Landsat Collection 2 Level-2 surface reflectance: DN * 0.0000275 - 0.2.
+    "landsat-c2-sr": (7272.727272727273, 43636.36363636364),
+    # 8-bit imagery.
+    "8bit": (0.0, 255.0),
+}
+
+
+def parse_range(spec: str) -> tuple[tuple[float, float], ...]:
+    """``LO,HI`` (every band), ``LO,HI;LO,HI;...`` (per band) or a ``PRESETS`` name.
+
+    Raises:
+        ValueError: anything else, or a pair with ``LO >= HI`` or a non-finite bound.
+    """
+    text = spec.strip()
+    if text.lower() in PRESETS:
+        return (PRESETS[text.lower()],)
+    pairs = []
+    for part in text.split(";"):
+        items = part.split(",")
+        if len(items) != 2:
+            raise ValueError(f"range must be LO,HI (per band LO,HI;LO,HI) or one of "
+                             f"{', '.join(PRESETS)}, got {spec!r}")
+        lo, hi = (float(v) for v in items)
+        if not (np.isfinite(lo) and np.isfinite(hi)) or lo >= hi:
+            raise ValueError(f"range {part.strip()!r} must have finite LO < HI")
+        pairs.append((lo, hi))
+    return tuple(pairs)
 
 
 @dataclass(frozen=True)
@@ -101,6 +142,7 @@ def choose_mappings(
     scales: tuple[float, ...],
     offsets: tuple[float, ...],
     read_valid_values: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]],
+    fixed: tuple[tuple[float, float], ...] | None = None,
 ) -> tuple[BandMapping, ...]:
     """Choose one mapping per band.
 
@@ -110,11 +152,15 @@ def choose_mappings(
         offsets: Offset tag per band.
         read_valid_values: Called only for data-driven dtypes; yields ``(data, valid)``
             pairs of shape (C, h, w) that cover the processed region.
+        fixed: One ``(lo, hi)`` per band given by the run (``--range``): no data pass.
 
     Returns:
         One ``BandMapping`` per band.
     """
     n = len(scales)
+    if fixed is not None:
+        return tuple(BandMapping(dtype, float(lo), float(hi), "range", scales[i], offsets[i])
+                     for i, (lo, hi) in enumerate(fixed))
     if dtype in FIXED_RANGE_DTYPES:
         lo, hi = FIXED_RANGE_DTYPES[dtype]
         return tuple(

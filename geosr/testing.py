@@ -1,4 +1,4 @@
-"""Helpers for tests and benchmarks: synthetic rasters, the shared corpus, tiny models.
+"""Test and benchmark support: synthetic rasters, the shared corpus, tiny models.
 
 Not imported by the rest of geosr.
 """
@@ -6,10 +6,10 @@ Not imported by the rest of geosr.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +18,20 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 
+from geosr.models import NearestUpscaler
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def data_root() -> Path | None:
-    """The shared data folder (``$GEOSR_DATA`` or ``../shared/data``), if present."""
-    env = os.environ.get("GEOSR_DATA")
-    candidates = [Path(env)] if env else []
-    candidates.append(REPO_ROOT.parent / "shared" / "data")
-    for c in candidates:
-        if (c / "geotiff").is_dir():
-            return c
-    return None
+    """The shared data folder holding the GeoTIFF corpus (``geotiff/``), if present.
+
+    ``lgun.paths`` decides where the shared data lives (``$GEOSR_DATA`` or
+    ``../shared/data``); this only asks it for a root with the corpus in it.
+    """
+    from lgun.paths import find_data_root
+
+    return find_data_root("geotiff")
 
 
 def smooth_field(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
@@ -48,6 +50,32 @@ def smooth_field(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
                   + fy * (1 - fx) * s[y0 + 1][:, x0] + fy * fx * s[y0 + 1][:, x0 + 1])
     out += 0.05 * rng.standard_normal(out.shape)
     return np.clip(out, 0, 1)
+
+
+def make_raster(path: str | Path, shape: tuple[int, int, int], *, seed: int = 0,
+                dtype: str = "uint8", gain: float = 255.0, offset: float = 0.0,
+                nodata: float | None = None, hole: tuple[slice, ...] | None = None,
+                hole_value: float | None = None, **profile: Any) -> Path:
+    """Write ``(smooth_field(shape, seed) * gain + offset).astype(dtype)`` as a GeoTIFF.
+
+    The one synthetic-raster recipe of the tests and benchmarks.
+
+    Args:
+        path: Destination; missing parent folders are created.
+        shape: (C, H, W).
+        seed: Seed of ``smooth_field``.
+        dtype: Sample type (the scaled field is cast, truncating).
+        gain, offset: Map the field's [0, 1] onto the dtype's range.
+        nodata: The nodata value recorded in the file.
+        hole: (rows, cols) slices set to ``hole_value`` in every band (an invalid area).
+        hole_value: Value of the hole; ``None`` means ``nodata``.
+        **profile: Passed to ``write_raster`` (``mask``, ``crs``, ``photometric``, ...).
+    """
+    data = (smooth_field(shape, seed=seed) * gain + offset).astype(dtype)
+    if hole is not None:
+        data[(slice(None), *hole)] = nodata if hole_value is None else hole_value
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return write_raster(path, data, nodata=nodata, **profile)
 
 
 def write_raster(path: str | Path, data: np.ndarray, *, crs: Any = "EPSG:32618",
@@ -93,6 +121,27 @@ def gdalinfo_json(path: str | Path) -> dict[str, Any]:
     out = subprocess.run(["gdalinfo", "-json", str(path)], capture_output=True, text=True,
                          check=True)
     return json.loads(out.stdout)
+
+
+def assert_nearest_upscaled(src: str | Path, dst: str | Path, scale: int = 2) -> None:
+    """``dst`` is ``src`` with every pixel replicated ``scale`` x ``scale`` times."""
+    with rasterio.open(src) as s, rasterio.open(dst) as d:
+        np.testing.assert_array_equal(d.read(), s.read().repeat(scale, 1).repeat(scale, 2))
+
+
+@dataclass(frozen=True)
+class SlowNearest(NearestUpscaler):
+    """Nearest neighbour taking ``delay`` seconds per call (time to signal a process).
+
+    Lives here, not in a test module, so Dask worker processes and child processes
+    unpickle it from an installed package, without the tests folder on their path.
+    """
+
+    delay: float = 0.05
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        time.sleep(self.delay)
+        return super().__call__(batch)
 
 
 def tiny_lgun(scale: int = 2, seed: int = 0) -> Any:

@@ -7,11 +7,11 @@ same raster, pixel for pixel:
 
 * the same ``TileGrid`` over the array (tile size, overlap) and the same chunks
   of ``batch_size`` tiles in row-major order, each run through
-  ``geosr.upscale.predict_tiles``;
+  ``geosr.engine.predict_tiles``;
 * one output block per tile *unit* (chunks of ``unit * scale`` pixels): a block
   depends on its own tile and on its upper, left and upper-left neighbours, blended
   by ``geosr.blend.UnitBlender`` in the same order as the streaming writer, then
-  finished by ``geosr.upscale.finish_unit`` (back to the dtype, masks re-applied).
+  finished by ``geosr.engine.finish_unit`` (back to the dtype, masks re-applied).
 
 Input windows are sliced from the (chunked) input array, so any input chunking
 works; nothing runs until ``.compute()``, ``.rio.to_raster()`` or similar. A
@@ -28,6 +28,8 @@ the input, plus the ``GEOSR_*`` provenance attributes.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 import numpy as np
@@ -36,41 +38,14 @@ from affine import Affine
 
 from geosr.bands import band_groups
 from geosr.blend import UnitBlender
-from geosr.errors import InputError, OptionError
+from geosr.engine import ModelWork, finish_unit, predict_tiles, prepare_tile
+from geosr.errors import InputError
 from geosr.masks import MaskInfo, valid_from_data
-from geosr.models import ModelRef, Upscaler, default_model_spec, load_model
+from geosr.model_cache import ModelRef, worker_model
+from geosr.models import Upscaler, default_model_spec, load_model
+from geosr.options import SUPPORTED_DTYPES, RunOptions
 from geosr.radiometry import FIXED_RANGE_DTYPES, BandMapping, choose_mappings
-from geosr.tiling import Tile, TileGrid, validate_tiling
-from geosr.upscale import (
-    CONSISTENCY,
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_OVERLAP,
-    DEFAULT_TILE_SIZE,
-    SCALES,
-    SUPPORTED_DTYPES,
-    ModelWork,
-    finish_unit,
-    predict_tiles,
-    prepare_tile,
-    run_tags,
-)
-
-
-@xr.register_dataarray_accessor("geosr")
-class GeosrAccessor:
-    """``da.geosr``: geosr operations on a DataArray (stateless)."""
-
-    def __init__(self, da: xr.DataArray) -> None:
-        self._da = da
-
-    def upscale(self, scale: int, model: str | Upscaler | None = None, *,
-                tile_size: int | None = None, overlap: int | None = None,
-                batch_size: int | None = None, device: str = "auto",
-                consistency: str = "none") -> xr.DataArray:
-        """Super-resolve by ``scale``; see ``upscale_dataarray``."""
-        return upscale_dataarray(self._da, scale=scale, model=model, tile_size=tile_size,
-                                 overlap=overlap, batch_size=batch_size, device=device,
-                                 consistency=consistency)
+from geosr.tiling import Tile, TileGrid
 
 
 def _mappings(dtype: str, scales: tuple[float, ...], offsets: tuple[float, ...],
@@ -90,8 +65,6 @@ def _prepare(data: np.ndarray, mappings: tuple[BandMapping, ...],
 
 def _predict_chunk(model: Upscaler | ModelRef, work: ModelWork,
                    prepared: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-    from geosr.models import worker_model
-
     m = worker_model(model) if isinstance(model, ModelRef) else model
     xs = [x for x, _ in prepared]
     outs, _ = predict_tiles(m, work, xs, [bool(v.any()) for _, v in prepared])
@@ -139,8 +112,8 @@ def upscale_dataarray(da: xr.DataArray, *, scale: int, model: str | Upscaler | N
         da: A DataArray with rioxarray georeferencing (``rioxarray.open_rasterio``),
             dask- or numpy-backed.
         scale: 2, 3 or 4.
-        model: As ``geosr.upscale.upscale``.
-        tile_size, overlap, batch_size, device, consistency: As ``geosr.upscale.upscale``.
+        model: As ``geosr.upscale``.
+        tile_size, overlap, batch_size, device, consistency: As ``geosr.upscale``.
 
     Returns:
         A DataArray ``scale`` times larger along y and x, same dtype, dask-backed if
@@ -153,16 +126,10 @@ def upscale_dataarray(da: xr.DataArray, *, scale: int, model: str | Upscaler | N
     import dask.array as dsa
     import rioxarray  # noqa: F401 - registers the .rio accessor
 
-    tile_size = DEFAULT_TILE_SIZE if tile_size is None else int(tile_size)
-    overlap = DEFAULT_OVERLAP if overlap is None else int(overlap)
-    batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
-    if scale not in SCALES:
-        raise OptionError(f"scale must be one of {', '.join(map(str, SCALES))}, got {scale!r}")
-    if consistency not in CONSISTENCY:
-        raise OptionError(f"consistency must be one of {CONSISTENCY}, got {consistency!r}")
-    if batch_size < 1:
-        raise OptionError(f"batch size must be >= 1, got {batch_size}")
-    validate_tiling(tile_size, overlap)
+    opts = RunOptions.from_kwargs(scale=scale, model=model, tile_size=tile_size,
+                                  overlap=overlap, batch_size=batch_size, device=device,
+                                  consistency=consistency)
+    scale, tile_size, batch_size = opts.scale, opts.tile_size, opts.batch_size
     squeeze = da.ndim == 2
     if squeeze:
         da = da.expand_dims("band")
@@ -178,10 +145,10 @@ def upscale_dataarray(da: xr.DataArray, *, scale: int, model: str | Upscaler | N
     info = MaskInfo("nodata", nodata=nodata) if nodata is not None else MaskInfo("none")
     if model is None:
         model, _ = default_model_spec(scale)
-    upscaler = load_model(model, scale, device=device)
+    upscaler = load_model(model, scale, device=opts.device)
     # Tasks reach the model through a tiny reference when it has a name (each process
     # loads it once); an object is one node of the graph, shipped once per worker.
-    ref: Any = (ModelRef.for_spec(model, scale, device, upscaler.sha256)
+    ref: Any = (ModelRef.for_spec(model, scale, opts.device, upscaler.sha256)
                 if isinstance(model, str)
                 else dask.delayed(upscaler, pure=False))
     lazy = da.chunks is not None
@@ -194,12 +161,12 @@ def upscale_dataarray(da: xr.DataArray, *, scale: int, model: str | Upscaler | N
         nan = np.full(c, np.nan)
         mappings = _mappings(dtype, scales, offsets, nan, nan)
     else:  # the valid minimum and maximum of each band: a lazy reduction
-        masked = dsa.where(valid_mask(arr, info), arr.astype(np.float64), np.nan)
+        masked = dsa.where(valid_from_data(arr, info), arr.astype(np.float64), np.nan)
         mappings = dask.delayed(_mappings)(dtype, scales, offsets,
                                            dsa.nanmin(masked, axis=(1, 2)),
                                            dsa.nanmax(masked, axis=(1, 2)))
 
-    grid = TileGrid(h, w, tile_size, overlap)
+    grid = TileGrid(h, w, tile_size, opts.overlap)
     work = ModelWork(scale, band_groups(c, upscaler.in_channels, ()), batch_size)
     tiles = list(grid)
     prepared = {}
@@ -224,7 +191,7 @@ def upscale_dataarray(da: xr.DataArray, *, scale: int, model: str | Upscaler | N
             tile = by_pos[(r, q)]
             unit = dask.delayed(_unit)(scale, [by_pos[k] for k in keys],
                                        [preds[k] for k in keys], prepared[(r, q)], mappings,
-                                       dtype, nodata, consistency)
+                                       dtype, nodata, opts.consistency)
             shape = (c, tile.rows.unit_size * scale, tile.cols.unit_size * scale)
             line.append(dsa.from_delayed(unit, shape=shape, dtype=dtype))
         blocks.append(line)
@@ -242,7 +209,7 @@ def upscale_dataarray(da: xr.DataArray, *, scale: int, model: str | Upscaler | N
     out = xr.DataArray(result, dims=da.dims, coords=coords, name=da.name)
     out.attrs = {k: v for k, v in da.attrs.items()
                  if not str(k).startswith("STATISTICS_") and k != "_FillValue"}
-    out.attrs.update(run_tags(upscaler, scale, tile_size, overlap, consistency))
+    out.attrs.update(opts.tags(upscaler))
     if da.rio.crs is not None:
         out = out.rio.write_crs(da.rio.crs)
     out = out.rio.write_transform(out_transform)
@@ -251,15 +218,22 @@ def upscale_dataarray(da: xr.DataArray, *, scale: int, model: str | Upscaler | N
     return out.squeeze("band", drop=True) if squeeze else out
 
 
-def valid_mask(arr: Any, info: MaskInfo) -> Any:
-    """Lazy validity of a dask array (nodata, NaN, inf), as ``valid_from_data``."""
-    import dask.array as dsa
+@xr.register_dataarray_accessor("geosr")
+class GeosrAccessor:
+    """``da.geosr``: geosr operations on a DataArray (stateless)."""
 
-    valid = dsa.isfinite(arr) if np.issubdtype(arr.dtype, np.floating) else dsa.ones_like(
-        arr, dtype=bool)
-    if info.kind == "nodata" and info.nodata is not None and not info.nodata_is_nan:
-        valid = valid & (arr != np.asarray(info.nodata).astype(arr.dtype))
-    return valid
+    def __init__(self, da: xr.DataArray) -> None:
+        self._da = da
 
+    @functools.wraps(upscale_dataarray)
+    def upscale(self, **kwargs: Any) -> xr.DataArray:
+        return upscale_dataarray(self._da, **kwargs)
 
-__all__ = ["GeosrAccessor", "upscale_dataarray", "valid_mask"]
+    # help() and IDEs show the wrapped function's keywords, less ``da``.
+    _sig = inspect.signature(upscale_dataarray)
+    upscale.__signature__ = _sig.replace(  # type: ignore[attr-defined]
+        parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY),
+                    *list(_sig.parameters.values())[1:]])
+    del _sig
+
+__all__ = ["GeosrAccessor", "upscale_dataarray"]

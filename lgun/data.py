@@ -14,6 +14,14 @@ resumed run draws exactly the batches an uninterrupted run would, without saving
 
 Sources (for example "natural" and "aerial") are mixed by ratio: each patch first draws its
 source by weight, then an image of that source with probability proportional to its area.
+
+Degradations: by default every LR patch is the benchmark bicubic LR (above). A
+``lgun.degrade.DegradationMix`` (``[data] degradation = {...}`` in the training config) makes
+each LR patch on the fly from its HR region instead: box, Gaussian PSF then box or bicubic,
+optional noise and JPEG. Its random numbers come from a second generator,
+``default_rng([seed, step, 1])``, so the crops and augmentations of a step are those of the
+default sampler and batches stay a pure function of ``(seed, step)``; the bicubic-only mix
+takes the default path and is bit-identical to it.
 """
 
 from __future__ import annotations
@@ -22,19 +30,30 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from lgun.degrade import DegradationMix
 from lgun.imresize import bicubic_downscale
+from lgun.packfile import read_pack
+from lgun.paths import default_data_root
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "PairPool",
+    "PairSampler",
+    "Source",
+    "augment",
+    "build_sampler",
+    "default_data_root",
+    "list_images",
+    "load_rgb",
+    "load_source_images",
+    "lr_patch_size",
+]
 
 IMAGE_SUFFIXES = frozenset({".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"})
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def default_data_root() -> Path:
-    """``$GEOSR_DATA``, else ``../shared/data`` beside the repository root."""
-    env = os.environ.get("GEOSR_DATA")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
 
 
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
@@ -74,12 +93,33 @@ class Source:
     paths: tuple[str, ...]
     weight: float = 1.0
 
+    def __post_init__(self) -> None:
+        paths = (self.paths,) if isinstance(self.paths, str) else tuple(self.paths)
+        object.__setattr__(self, "paths", tuple(str(p) for p in paths))
+        object.__setattr__(self, "weight", float(self.weight))
+        if not self.name:
+            raise ValueError("a source needs a name")
+        if not self.paths:
+            raise ValueError(f"source {self.name!r} has no paths")
+        if not self.weight >= 0:
+            raise ValueError(f"source {self.name!r}: weight must be >= 0, got {self.weight}")
+
     @classmethod
-    def from_dict(cls, d: dict) -> Source:
-        paths = d.get("paths", d.get("path", ()))
-        paths = (paths,) if isinstance(paths, str) else tuple(paths)
-        return cls(name=str(d.get("name", paths[0] if paths else "?")), paths=paths,
-                   weight=float(d.get("weight", 1.0)))
+    def from_dict(cls, d: dict[str, Any]) -> Source:
+        """A source from ``{"name", "paths", "weight"}`` (a TOML ``[[data.sources]]`` table).
+
+        Raises:
+            ValueError: an unknown key or a bad value.
+        """
+        unknown = set(d) - {"name", "paths", "weight"}
+        if unknown:
+            raise ValueError(f"unknown source keys {sorted(unknown)} "
+                             "(a source has name, paths, weight)")
+        return cls(name=str(d.get("name", "")), paths=d.get("paths", ()),
+                   weight=d.get("weight", 1.0))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "paths": list(self.paths), "weight": self.weight}
 
 
 def load_source_images(
@@ -94,8 +134,6 @@ def load_source_images(
         if not path.is_absolute() and not path.exists():
             path = root / path
         if path.suffix.lower() == ".zip":
-            from lgun.pack import read_pack
-
             images.extend(read_pack(path, source=pack_source or None).images)
         elif path.is_dir():
             images.extend(load_rgb(p) for p in list_images(path))
@@ -152,6 +190,8 @@ class PairSampler:
         patch_size: Nominal HR patch side (see the module docstring for x3).
         augment: Random 0/90/180/270 rotation and horizontal flip.
         seed: Base seed; batch ``step`` uses ``numpy.random.default_rng([seed, step])``.
+        degradation: A mixture of LR degradations; ``None`` (or bicubic only, without noise or
+            JPEG) keeps the benchmark bicubic LR of the pools.
     """
 
     def __init__(
@@ -162,6 +202,7 @@ class PairSampler:
         patch_size: int = 64,
         augment: bool = True,
         seed: int = 0,
+        degradation: DegradationMix | None = None,
     ) -> None:
         if len(pools) != len(weights) or not pools:
             raise ValueError("need one weight per pool and at least one pool")
@@ -175,6 +216,9 @@ class PairSampler:
         self.hr_patch = self.lr_patch * self.scale
         self.augment = augment
         self.seed = seed
+        # The bicubic-only mixture is the default path: no second generator, same bits.
+        self.degradation = (None if degradation is None or degradation.is_bicubic_only
+                            else degradation)
 
     def batch(self, step: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """The batch of training step ``step``.
@@ -187,6 +231,8 @@ class PairSampler:
         lr_out = np.empty((batch_size, p, p, 3), dtype=np.uint8)
         hr_out = np.empty((batch_size, p * s, p * s, 3), dtype=np.uint8)
         sources = rng.choice(len(self.pools), size=batch_size, p=self.weights)
+        mix = self.degradation
+        rng_mix = np.random.default_rng([self.seed, step, 1]) if mix is not None else None
         for i, src in enumerate(sources):
             pool = self.pools[src]
             k = rng.choice(len(pool), p=pool.p)
@@ -195,6 +241,8 @@ class PairSampler:
             x = int(rng.integers(0, lr_im.shape[1] - p + 1))
             lr = lr_im[y : y + p, x : x + p]
             hr = hr_im[y * s : (y + p) * s, x * s : (x + p) * s]
+            if mix is not None and rng_mix is not None:
+                lr = mix.lr_patch(hr_im, lr_im, y, x, p, s, rng_mix)
             if self.augment:
                 rot, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
                 lr, hr = augment(lr, rot, flip), augment(hr, rot, flip)
@@ -212,9 +260,11 @@ def build_sampler(
     data_root: str | os.PathLike[str] | None = None,
     augment: bool = True,
     seed: int = 0,
+    degradation: DegradationMix | None = None,
 ) -> PairSampler:
-    """Load every source, make its LR once, and return the mixing sampler."""
+    """Load every source, make its LR once, and return the mixing sampler (``degradation``:
+    see ``PairSampler``)."""
     lr_patch = lr_patch_size(patch_size, scale)
     pools = [PairPool(load_source_images(s, data_root), scale, lr_patch) for s in sources]
     return PairSampler(pools, [s.weight for s in sources], patch_size=patch_size,
-                       augment=augment, seed=seed)
+                       augment=augment, seed=seed, degradation=degradation)

@@ -5,8 +5,15 @@ Protocol (that of EDSR/RCAN/BasicSR tables, which the bicubic rows in RESULTS.md
 1. HR is read as uint8 (grey files stay single-channel) and modcropped to a multiple of scale.
 2. LR = MATLAB ``imresize(HR, 1/scale)`` on uint8 (``lgun.imresize``; for Set5 this is
    bit-identical to the distributed ``LR_bicubic`` files, so the set is generated, not read).
+   ``--degradation`` (default ``bicubic``, this protocol) swaps in a sensor-like LR from
+   ``lgun.degrade``: ``box`` = mean of each s x s HR block (float, rounded once to uint8);
+   ``psf`` = Gaussian blur with sigma = 0.5 s HR pixels (symmetric borders), then ``box``.
+   The published tables are all ``bicubic``; the other two measure how a model trained on
+   bicubic LR copes with what a camera delivers.
 3. SR = model(LR), clipped to [0, 1], times 255, rounded to uint8 (as EDSR's ``quantize`` and
    BasicSR's ``tensor2img``); for ``bicubic``, SR = MATLAB ``imresize(LR, scale)``.
+   ``--self-ensemble``: the model's output is the mean over the 8 flips/rotations of LR
+   (``lgun.ensemble``), quantised once.
 4. PSNR and SSIM with ``scale`` border pixels cropped, on Y (``--protocol y``) or on RGB
    (``--protocol rgb``), see ``lgun.metrics``; the set's score is the mean of per-image scores.
 
@@ -14,6 +21,8 @@ Usage::
 
     python -m lgun.evaluate --model bicubic --dataset Set5 --scale 4
     python -m lgun.evaluate --model lgun-aid-x4 --dataset aid150 --scale 4 --protocol rgb --json
+    python -m lgun.evaluate --model lgun-aid-x4 --dataset rsscn7 --scale 4 --degradation psf
+    python -m lgun.evaluate --model lgun-x4 --dataset Set5 --scale 4 --self-ensemble --json
 """
 
 from __future__ import annotations
@@ -31,12 +40,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lgun.degrade import DEGRADATIONS, degrade
+from lgun.device import DeviceError, resolve_device
+from lgun.ensemble import ensembled
 from lgun.imresize import imresize, modcrop
 from lgun.metrics import psnr, rgb_to_grey, ssim
+from lgun.paths import default_data_root
 from lgun.pretrained import WeightsError, load_pretrained
 
 __all__ = [
     "DATASETS",
+    "DEGRADATIONS",
     "EvaluationError",
     "PROTOCOLS",
     "default_data_root",
@@ -64,14 +78,6 @@ Upscaler = Callable[[np.ndarray], np.ndarray]
 
 class EvaluationError(ValueError):
     """Bad evaluation input: unknown set, missing folder, unreadable image, bad scale."""
-
-
-def default_data_root() -> Path:
-    """``$GEOSR_DATA`` if set, else ``shared/data`` beside the repository checkout."""
-    env = os.environ.get("GEOSR_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def load_dataset(
@@ -166,9 +172,13 @@ def _torch_upscaler(
     return run
 
 
-def _make_upscaler(model: Any, scale: int, device: torch.device) -> tuple[str, Upscaler]:
+def _make_upscaler(
+    model: Any, scale: int, device: torch.device, self_ensemble: bool = False
+) -> tuple[str, Upscaler]:
     """``(name, upscaler)`` for ``bicubic``, a weights name/path, a module or a callable."""
     if isinstance(model, str) and model == "bicubic":
+        if self_ensemble:
+            raise EvaluationError("--self-ensemble needs a model, not bicubic")
         return "bicubic", lambda lr: imresize(lr, scale)
     name = getattr(model, "__name__", type(model).__name__)
     if isinstance(model, (str, os.PathLike)):
@@ -179,19 +189,20 @@ def _make_upscaler(model: Any, scale: int, device: torch.device) -> tuple[str, U
         if model_scale is not None and model_scale != scale:
             raise EvaluationError(f"model {name} is x{model_scale}, asked to evaluate x{scale}")
         model.to(device)
-        return name, _torch_upscaler(model, scale, device)
     if callable(model):
-        return name, _torch_upscaler(model, scale, device)
+        # One image's 8 views per call at most; a square image runs them in one batch.
+        fn = ensembled(model) if self_ensemble else model
+        return name, _torch_upscaler(fn, scale, device)
     raise EvaluationError(
         f"cannot evaluate {model!r}: not 'bicubic', weights, a module or callable"
     )
 
 
 def _check_device(device: str | torch.device) -> torch.device:
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EvaluationError("device cuda requested but CUDA is not available")
-    return dev
+    try:
+        return resolve_device(device)
+    except DeviceError as e:
+        raise EvaluationError(str(e)) from e
 
 
 def _score(hr: np.ndarray, sr: np.ndarray, scale: int, protocol: str) -> tuple[float, float]:
@@ -218,6 +229,8 @@ def evaluate_model(
     protocol: str = "y",
     device: str | torch.device = "cpu",
     limit: int | None = None,
+    degradation: str = "bicubic",
+    self_ensemble: bool = False,
 ) -> dict[str, Any]:
     """Score a super-resolver on an evaluation set with the benchmark protocol.
 
@@ -233,20 +246,28 @@ def evaluate_model(
         protocol: ``"y"`` (Y channel, the SR literature) or ``"rgb"``.
         device: Torch device for models.
         limit: Evaluate only the first ``limit`` images.
+        degradation: How LR is made from HR: ``"bicubic"`` (the benchmark protocol),
+            ``"box"`` or ``"psf"`` (``lgun.degrade``; see the module docstring).
+        self_ensemble: Score the mean of the model over the 8 flips/rotations of each LR.
 
     Returns:
-        ``{"model", "dataset", "scale", "protocol", "crop_border", "n", "psnr", "ssim",
-        "device", "seconds", "images": [{"name", "height", "width", "psnr", "ssim"}, ...]}``
+        ``{"model", "dataset", "scale", "protocol", "degradation", "self_ensemble",
+        "crop_border", "n", "psnr", "ssim", "device", "seconds", "images": [{"name", "height",
+        "width", "psnr", "ssim"}, ...]}``
         where ``psnr``/``ssim`` are means over images and height/width are the modcropped HR.
 
     Raises:
-        EvaluationError: bad dataset, scale, protocol, limit, device or image.
+        EvaluationError: bad dataset, scale, protocol, degradation, limit, device or image.
         lgun.WeightsError: weights that cannot be loaded.
     """
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 2:
         raise EvaluationError(f"scale must be an integer >= 2, got {scale!r}")
     if protocol not in PROTOCOLS:
         raise EvaluationError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if degradation not in DEGRADATIONS:
+        raise EvaluationError(
+            f"degradation must be one of {DEGRADATIONS}, got {degradation!r}"
+        )
     if limit is not None and limit < 1:
         raise EvaluationError(f"limit must be >= 1, got {limit}")
     dev = _check_device(device)
@@ -259,13 +280,13 @@ def evaluate_model(
         module.eval()
     start = time.perf_counter()
     try:
-        name, upscale = _make_upscaler(model_or_callable, scale, dev)
+        name, upscale = _make_upscaler(model_or_callable, scale, dev, self_ensemble)
         rows = []
         for image_name, path in items:
             hr = modcrop(read_image(path), scale)
             if min(hr.shape[:2]) < 2 * scale + 11:  # SSIM's window must fit inside the crop
                 raise EvaluationError(f"image {path} is too small for x{scale} evaluation")
-            sr = upscale(imresize(hr, 1 / scale))
+            sr = upscale(degrade(hr, scale, degradation))
             p, s = _score(hr, sr, scale, protocol)
             height, width = hr.shape[:2]
             rows.append(
@@ -281,6 +302,8 @@ def evaluate_model(
         "dataset": {k.lower(): k for k in DATASETS}.get(dataset.lower(), str(dataset)),
         "scale": scale,
         "protocol": protocol,
+        "degradation": degradation,
+        "self_ensemble": self_ensemble,
         "crop_border": scale,
         "n": len(rows),
         "psnr": float(np.mean([r["psnr"] for r in rows])),
@@ -295,9 +318,13 @@ def format_table(result: dict[str, Any]) -> str:
     """A plain-text table of per-image scores and the mean."""
     names = [r["name"] for r in result["images"]]
     width = max([len(n) for n in names] + [len("mean")])
+    # The default protocol's header stays as it always was; another degradation is named.
+    degradation = result.get("degradation", "bicubic")
+    lr = "" if degradation == "bicubic" else f"  LR {degradation}"
+    plus = "  self-ensemble" if result.get("self_ensemble") else ""
     lines = [
-        f"model {result['model']}  dataset {result['dataset']}  x{result['scale']}  "
-        f"protocol {result['protocol']}  crop {result['crop_border']}  n {result['n']}",
+        f"model {result['model']}{plus}  dataset {result['dataset']}  x{result['scale']}  "
+        f"protocol {result['protocol']}{lr}  crop {result['crop_border']}  n {result['n']}",
         f"{'image':<{width}}  {'size':>9}  {'PSNR':>7}  {'SSIM':>6}",
     ]
     for r in result["images"]:
@@ -329,6 +356,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument(
+        "--degradation",
+        choices=DEGRADATIONS,
+        default="bicubic",
+        help="how LR is made from HR: bicubic (MATLAB imresize, the benchmark protocol; "
+        "default), box (mean of each s x s block), psf (Gaussian sigma = 0.5 s, then box)",
+    )
+    p.add_argument("--self-ensemble", action="store_true",
+                   help="score the mean over the 8 flips/rotations of each LR image")
     return p
 
 
@@ -344,6 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             protocol=args.protocol,
             device=args.device,
             limit=args.limit,
+            degradation=args.degradation,
+            self_ensemble=args.self_ensemble,
         )
     except (EvaluationError, WeightsError) as e:
         print(f"python -m lgun.evaluate: error: {e}", file=sys.stderr)

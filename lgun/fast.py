@@ -42,17 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lgun.model import (
-    DGSA,
-    FFN,
-    LGUN,
-    LKCS,
-    MLHA,
-    LayerNorm2d,
-    LGUBlock,
-    LGUNConfig,
-    set_fast_kernels,
-)
+from lgun.layers import LayerNorm2d, set_fast_kernels
+from lgun.model import DGSA, FFN, LGUN, LKCS, MLHA, LGUBlock, LGUNConfig
 
 __all__ = ["FastLGUN", "optimize_for_inference", "tune_malloc"]
 

@@ -2,12 +2,7 @@
 
 A GPU window receives at most 64 MiB, far less than the training folders, so the HR data
 travels as one zip of lossless PNG crops (PNG's filters compress natural images ~2x better
-than plain zlib on raw arrays)::
-
-    header.json        {"format": "lgun-pack", "version": 1, "patch": 96, "seed": 0,
-                        "sources": [{"name", "paths", "images", "crops"}], "crop_source": [...]}
-    crops/000000.png   uint8 RGB, patch x patch
-    ...
+than plain zlib on raw arrays); the file format and its reader are in ``lgun.packfile``.
 
 The default crop side, 96, is a multiple of 2, 3 and 4 and larger than every training patch
 (64, 63, 64 HR), so one pack serves all three scales; the training loader makes the bicubic LR
@@ -28,32 +23,18 @@ import json
 import os
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from lgun.data import Source, default_data_root, load_source_images
+from lgun.data import Source, load_source_images
+from lgun.packfile import FORMAT, VERSION, Pack, crop_name, read_pack
+from lgun.paths import default_data_root
 
-FORMAT = "lgun-pack"
-VERSION = 1
+__all__ = ["FORMAT", "MIB", "VERSION", "Pack", "build_pack", "main", "random_crops",
+           "read_pack"]
+
 MIB = 1 << 20
-
-
-@dataclass(frozen=True)
-class Pack:
-    """The content of a pack file.
-
-    Attributes:
-        images: uint8 ``(patch, patch, 3)`` HR crops.
-        sources: Source name of each crop.
-        header: The JSON header.
-    """
-
-    images: list[np.ndarray]
-    sources: list[str]
-    header: dict
-
 
 def _png_bytes(crop: np.ndarray) -> bytes:
     from PIL import Image
@@ -124,7 +105,7 @@ def build_pack(
             data = _png_bytes(np.ascontiguousarray(crop))
             if size + len(data) + 100 + reserve > max_bytes:
                 break
-            zf.writestr(f"crops/{len(crop_source):06d}.png", data)
+            zf.writestr(crop_name(len(crop_source)), data)
             size += len(data) + 100
             crop_source.append(j)
             info[j]["crops"] += 1
@@ -133,27 +114,6 @@ def build_pack(
         zf.writestr("header.json", json.dumps(header))
     os.replace(tmp, out)
     return header
-
-
-def read_pack(path: str | os.PathLike[str], *, source: str | None = None) -> Pack:
-    """Read a pack (all crops, or only those of the source named ``source``)."""
-    from PIL import Image
-
-    with zipfile.ZipFile(path) as zf:
-        header = json.loads(zf.read("header.json"))
-        if header.get("format") != FORMAT or header.get("version") != VERSION:
-            raise ValueError(f"{path} is not an {FORMAT} v{VERSION} file")
-        names = [s["name"] for s in header["sources"]]
-        if source is not None and source not in names:
-            raise KeyError(f"pack {path} has no source {source!r} (has {names})")
-        images, labels = [], []
-        for i, j in enumerate(header["crop_source"]):
-            if source is not None and names[j] != source:
-                continue
-            with Image.open(io.BytesIO(zf.read(f"crops/{i:06d}.png"))) as im:
-                images.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
-            labels.append(names[j])
-    return Pack(images=images, sources=labels, header=header)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

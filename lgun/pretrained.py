@@ -7,7 +7,10 @@ A weight set is two files side by side::
 
 ``sha256`` is the digest of the .safetensors file; loading refuses a mismatch.
 Shipped weights live in the package folder ``lgun/weights`` and are listed in
-``PRETRAINED`` below (the table a reader checks to know what exists).
+``PRETRAINED`` below (the table a reader checks to know what exists). Each row
+carries the input contract a caller needs to tile the model (channels, value range,
+band order, size multiple, half precision, an overlap hint), readable without torch:
+torch is imported only to save or load tensors.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from lgun.model import LGUN, LGUNConfig
+    from lgun.model import LGUN
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -35,12 +39,26 @@ class PretrainedInfo:
         scale: Upscaling factor.
         domain: ``natural`` (T91 + BSD200) or ``aerial`` (AID-150 + RSSCN7 fine-tune).
         description: One line for humans.
+        in_channels: Channels of the input (and output).
+        value_range: Range of the input and output values.
+        band_order: Order the channels were trained in.
+        size_multiple: Input height and width must be multiples of this (1: any size).
+        supports_half: Whether float16/bfloat16 inference is safe (normalisations and the
+            attention matrix run in float32 inside the model).
+        overlap_hint: Context (input pixels per side) that tiles should share so that a
+            tiled result matches a whole-image one (docs/geosr.md, "Tiling").
     """
 
     name: str
     scale: int
     domain: str
     description: str
+    in_channels: int = 3
+    value_range: tuple[float, float] = (0.0, 1.0)
+    band_order: str = "RGB"
+    size_multiple: int = 1
+    supports_half: bool = True
+    overlap_hint: int = 16
 
     @property
     def path(self) -> Path:
@@ -68,6 +86,58 @@ PRETRAINED: dict[str, PretrainedInfo] = {
 
 class WeightsError(RuntimeError):
     """Weights are missing, corrupt or inconsistent with their config."""
+
+
+@dataclass(frozen=True)
+class WeightsMeta:
+    """The JSON document of a weight set, typed.
+
+    Attributes:
+        name: Name recorded when the weights were saved.
+        path: The .safetensors file.
+        sha256: Digest of that file, as recorded.
+        config: ``LGUNConfig`` fields (``scale``, ``in_channels``, ...).
+        architecture: ``LGUN``.
+        training: How the weights were trained (run, data, recipe, lineage).
+        metrics: Evaluation results by dataset.
+        extra: Any other fields of the document.
+    """
+
+    name: str
+    path: Path
+    sha256: str | None
+    config: dict[str, Any]
+    architecture: str = "LGUN"
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def scale(self) -> int:
+        return int(self.config.get("scale", 0))
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.config.get("in_channels", 3))
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any], path: Path) -> WeightsMeta:
+        known = ("name", "sha256", "config", "architecture", "training", "metrics")
+        config = doc.get("config")
+        if not isinstance(config, dict):
+            raise WeightsError(f"bad config in {path.with_suffix('.json')}: not an object")
+        return cls(name=str(doc.get("name") or path.stem), path=path, sha256=doc.get("sha256"),
+                   config=config, architecture=str(doc.get("architecture", "LGUN")),
+                   training=dict(doc.get("training") or {}),
+                   metrics=dict(doc.get("metrics") or {}),
+                   extra={k: v for k, v in doc.items() if k not in known})
+
+
+class LoadedWeights(NamedTuple):
+    """A model built from a weight set, and that set's metadata."""
+
+    model: LGUN
+    meta: WeightsMeta
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -101,6 +171,7 @@ def save_weights(
     Returns:
         The path of the written .safetensors file.
     """
+    import torch
     from safetensors.torch import save_file
 
     path = Path(path).with_suffix(".safetensors")
@@ -156,17 +227,22 @@ def read_weights_meta(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
         raise WeightsError(f"invalid JSON in {j}: {e}") from e
 
 
-def load_pretrained(
+def weights_meta(name_or_path: str | os.PathLike[str]) -> WeightsMeta:
+    """The typed metadata of a weight set (no tensors are read, torch is not imported)."""
+    path = resolve_weights(name_or_path)
+    return WeightsMeta.from_doc(read_weights_meta(path), path)
+
+
+def load_weights(
     name_or_path: str | os.PathLike[str],
     *,
     device: str | torch.device = "cpu",
     verify: bool = True,
-) -> LGUN:
-    """Build an LGUN from shipped weights (by name) or a .safetensors file.
+) -> LoadedWeights:
+    """Build an LGUN from shipped weights (by name) or a .safetensors file, with its metadata.
 
     Works offline: shipped weights are package data. The sha256 in the JSON config
-    is checked unless ``verify`` is False. The model is returned in eval mode with
-    ``model.meta`` set to the JSON document.
+    is checked unless ``verify`` is False. The model is returned in eval mode.
 
     Raises:
         WeightsError: unknown name, missing files, digest mismatch, or tensors that
@@ -174,14 +250,16 @@ def load_pretrained(
     """
     from safetensors.torch import load_file
 
-    path = resolve_weights(name_or_path)
-    meta = read_weights_meta(path)
+    from lgun.model import LGUN, LGUNConfig
+
+    meta = weights_meta(name_or_path)
+    path = meta.path
     if verify:
         digest = sha256_file(path)
-        if digest != meta.get("sha256"):
-            raise WeightsError(f"sha256 mismatch for {path}: {digest} != {meta.get('sha256')}")
+        if digest != meta.sha256:
+            raise WeightsError(f"sha256 mismatch for {path}: {digest} != {meta.sha256}")
     try:
-        cfg = LGUNConfig.from_dict(meta["config"])
+        cfg = LGUNConfig.from_dict(meta.config)
     except (KeyError, TypeError, ValueError) as e:
         raise WeightsError(f"bad config in {path.with_suffix('.json')}: {e}") from e
     model = LGUN(cfg)
@@ -190,5 +268,14 @@ def load_pretrained(
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise WeightsError(f"{path} does not match its config: {e}") from e
-    model.meta = meta  # type: ignore[attr-defined]
-    return model.to(device).eval()
+    return LoadedWeights(model.to(device).eval(), meta)
+
+
+def load_pretrained(
+    name_or_path: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    verify: bool = True,
+) -> LGUN:
+    """The model of ``load_weights`` (its metadata: ``weights_meta``)."""
+    return load_weights(name_or_path, device=device, verify=verify).model

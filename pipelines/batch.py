@@ -1,8 +1,9 @@
 """``python -m pipelines.batch CONFIG.toml [--set key=value ...]``: a batch job from a file.
 
 A thin shell over ``geosr.batch.run_batch``: the config's keys are its arguments
-(``sources``, ``out_dir``, ``scale``, ``model``, ``workers``/``scheduler``, tiling,
-...; see ``pipelines/configs/batch_example.toml``). Relative paths in ``sources`` and
+(``sources``, ``out_dir``, ``force``, ``workers``/``scheduler``/``gpu``) and the fields
+of ``geosr.options.RunOptions`` (``scale``, ``model``, tiling, ...; see
+``pipelines/configs/batch_example.toml``). Relative paths in ``sources`` and
 ``out_dir`` are taken from the config file's folder, so a config works from any
 working directory. ``--set`` overrides keys as in ``pipelines.train``. Prints the
 manifest path and a summary; exit status 1 if any scene failed, 2 for a bad config.
@@ -11,6 +12,7 @@ manifest path and a summary; exit status 1 if any scene failed, 2 for a bad conf
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import json
 import os
@@ -37,7 +39,10 @@ def load_config(path: str | Path, sets: Sequence[str] = ()) -> dict[str, Any]:
     path = Path(path)
     with open(path, "rb") as f:
         cfg = apply_overrides(tomllib.load(f), sets)
-    allowed = set(inspect.signature(run_batch).parameters) - {"cluster", "progress"}
+    from geosr.options import RunOptions
+
+    job_keys = set(inspect.signature(run_batch).parameters) - {"cluster", "progress", "options"}
+    allowed = job_keys | {f.name for f in dataclasses.fields(RunOptions)}
     unknown = sorted(set(cfg) - allowed)
     if unknown:
         raise ValueError(f"unknown key(s) {', '.join(unknown)} in {path}; "
@@ -64,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from geosr.batch import run_batch
     from geosr.errors import GeosrError
     from geosr.io import sigterm_as_interrupt
+    from geosr.options import RunOptions
 
     try:
         cfg = load_config(a.config, a.set)
@@ -73,9 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps(cfg, indent=2), flush=True)
     if a.dry_run:
         return 0
+    option_keys = {f.name for f in dataclasses.fields(RunOptions)}
     try:
+        opts = RunOptions.from_kwargs(**{k: v for k, v in cfg.items() if k in option_keys})
         with sigterm_as_interrupt():
-            report = run_batch(**cfg)
+            report = run_batch(cfg["sources"], cfg["out_dir"], options=opts,
+                               **{k: v for k, v in cfg.items()
+                                  if k not in option_keys | {"sources", "out_dir"}})
     except GeosrError as e:
         print(f"pipelines.batch: error: {e}", file=sys.stderr)
         return 2

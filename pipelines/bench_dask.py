@@ -3,7 +3,7 @@
     python -m pipelines.bench_dask [--size 384] [--scale 2] [--tile-size 96] [--overlap 8]
                                    [--models bicubic,tiny-lgun,lgun-x2] [--repeat 1]
 
-A synthetic uint8 RGB scene of ``--size`` pixels is upscaled by ``geosr.upscale``
+A synthetic uint8 RGB scene of ``--size`` pixels is upscaled by ``geosr.api.upscale``
 through each executor, one tile per task; the cluster is started and warmed up on
 a small scene (imports, model loaded on the workers) before timing, and each figure
 is the best of ``--repeat`` runs:
@@ -104,7 +104,7 @@ def _malloc_trim_ab(tile: int) -> None:
 
 def _timed(src: Path, dst: Path, *, model: Any, scale: int, cluster: Any, repeat: int,
            **tiling: int) -> float:
-    from geosr.upscale import upscale
+    from geosr.api import upscale
 
     best = float("inf")
     for _ in range(repeat):

@@ -94,9 +94,9 @@ def _parse_tilings(text: str) -> tuple[tuple[int, int], ...]:
 
 
 def cmd_tiling(args: argparse.Namespace) -> dict[str, Any]:
+    from geosr.api import upscale
     from geosr.qa import seam_score
     from geosr.tiling import TileGrid
-    from geosr.upscale import upscale
 
     root = _data_root()
     model = _model(args.model, args.scale)
@@ -148,8 +148,9 @@ def cmd_tiling(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_overhead(args: argparse.Namespace) -> dict[str, Any]:
+    from geosr.api import upscale
+    from geosr.options import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
     from geosr.tiling import TileGrid
-    from geosr.upscale import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, upscale
 
     root = _data_root()
     model = _model(args.model, args.scale)
@@ -241,7 +242,7 @@ def _peak_rss_mib() -> float:
 
 
 def cmd_child(args: argparse.Namespace) -> None:
-    from geosr.upscale import upscale
+    from geosr.api import upscale
 
     res = upscale(args.src, args.dst, scale=args.scale, model=args.model)
     peak = _peak_rss_mib()

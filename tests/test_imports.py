@@ -19,9 +19,11 @@ def _loaded_after_import(module: str) -> set[str]:
     [
         ("lgun", {"rasterio", "dask", "distributed", "xarray", "geosr", "click"}),
         ("geosr", {"torch", "dask", "distributed", "xarray", "lgun"}),
-        ("geosr.cli", {"torch", "dask", "distributed", "xarray"}),
-        ("geosr.upscale", {"torch", "dask", "distributed", "xarray"}),
+        ("geosr.cli", {"torch", "dask", "distributed", "xarray", "lgun"}),
+        ("geosr.api", {"torch", "dask", "distributed", "xarray", "lgun"}),
         ("geosr.batch", {"torch", "dask", "distributed", "xarray"}),
+        ("geosr.qa", {"torch", "dask", "distributed", "xarray", "lgun"}),
+        ("geosr.models", {"torch", "dask", "distributed", "xarray", "lgun"}),
     ],
 )
 def test_import_does_not_pull_heavy_dependencies(module: str, forbidden: set[str]) -> None:

@@ -1,7 +1,8 @@
 """Notebooks are stored clean: no outputs, no execution counts (fast; no kernel needed).
 
-Executing them is a separate CI step (``python -m pytest --nbmake notebooks/``, see
-notebooks/README.md); this check keeps results and images out of git, so a notebook diff
+Executing them is nbmake's part: ``python -m pytest`` collects notebooks/ too, as items
+marked ``notebooks`` and ``data`` (03 also ``cluster``) by the root conftest.py; see
+notebooks/README.md. This check keeps results and images out of git, so a notebook diff
 shows only code and text.
 """
 

@@ -1,0 +1,213 @@
+"""The tile computation, in pure numpy: model values in, stored values out.
+
+Three pure steps shared by every way of running geosr (the streaming file writer,
+the Dask executor, the xarray accessor), so that they produce the same pixels:
+
+* ``prepare_tile``: stored values (C, h, w) -> model values in [0, 1], invalid
+  pixels filled;
+* ``predict_tiles``: a chunk of prepared tiles through the model, band groups
+  routed (``geosr.bands``), tiles without data skipped; run by a ``TileExecutor``
+  (``LocalExecutor`` here, ``geosr.distributed.DaskExecutor`` on a cluster);
+* ``finish_unit``: a blended unit back to stored values, masked as the input was.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from geosr.bands import BandGroup
+from geosr.errors import GeosrError
+from geosr.masks import fill_invalid, upsample_nearest
+from geosr.models import Upscaler
+from geosr.radiometry import BandMapping, avoid_nodata, to_dtype
+
+
+def prepare_tile(data: np.ndarray, valid: np.ndarray,
+                 mappings: Sequence[BandMapping]) -> np.ndarray:
+    """Map stored values (C, h, w) to model values in [0, 1], invalid pixels filled."""
+    x = np.stack([m.to_unit(data[c]) for c, m in enumerate(mappings)])
+    if not valid.all():
+        x = fill_invalid(x, valid)
+    return x
+
+
+def _pad_to(x: np.ndarray, h: int, w: int) -> np.ndarray:
+    ph, pw = h - x.shape[-2], w - x.shape[-1]
+    if ph == 0 and pw == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="symmetric")
+
+
+def run_model(model: Upscaler, items: list[np.ndarray], batch_size: int) -> list[np.ndarray]:
+    """Run ``model`` on (C, h, w) items in batches padded to a common, valid size."""
+    s, m = model.scale, max(1, model.size_multiple)
+    outs: list[np.ndarray] = []
+    for i in range(0, len(items), batch_size):
+        chunk = items[i : i + batch_size]
+        h = max(x.shape[-2] for x in chunk)
+        w = max(x.shape[-1] for x in chunk)
+        h, w = -(-h // m) * m, -(-w // m) * m
+        batch = np.stack([_pad_to(x, h, w) for x in chunk]).astype(np.float32, copy=False)
+        pred = np.asarray(model(batch), dtype=np.float32)
+        if pred.shape != (len(chunk), batch.shape[1], h * s, w * s):
+            raise GeosrError(
+                f"model {model.name!r} returned shape {pred.shape} for input {batch.shape}"
+            )
+        for j, x in enumerate(chunk):
+            outs.append(pred[j, :, : x.shape[-2] * s, : x.shape[-1] * s])
+    return outs
+
+
+@dataclass(frozen=True)
+class ModelWork:
+    """What a model call needs besides the pixels and the model (small, picklable).
+
+    Attributes:
+        scale: Upscaling factor.
+        groups: Band groups of the run (``geosr.bands.band_groups``).
+        batch_size: Model inputs per call.
+    """
+
+    scale: int
+    groups: tuple[BandGroup, ...]
+    batch_size: int
+
+
+def predict_tiles(model: Upscaler, work: ModelWork, xs: Sequence[np.ndarray],
+                  has_data: Sequence[bool]) -> tuple[list[np.ndarray | None], float]:
+    """Model outputs (C, h*s, w*s) float32 for a chunk of tiles: the one tile computation.
+
+    Pure in its inputs (the model aside): the local loop, the Dask workers and the
+    xarray accessor all call it with the same chunks, so they produce the same pixels.
+
+    Args:
+        model: The upscaler.
+        work: Scale, band groups and batch size.
+        xs: Model values (C, h, w) of each tile (``prepare_tile``).
+        has_data: Whether each tile has any valid pixel; tiles without are not run.
+
+    Returns:
+        ``(outputs, seconds)``: one output per tile (``None`` for tiles without data)
+        and the time spent inside model calls.
+    """
+    s = work.scale
+    items: list[np.ndarray] = []
+    owners: list[tuple[int, BandGroup]] = []
+    for k, x in enumerate(xs):
+        if not has_data[k]:
+            continue
+        for g in work.groups:
+            if g.mode != "nearest":
+                items.append(x[list(g.inputs)])
+                owners.append((k, g))
+    t0 = time.perf_counter()
+    preds = run_model(model, items, work.batch_size) if items else []
+    seconds = time.perf_counter() - t0
+    outs: list[np.ndarray | None] = []
+    for k, x in enumerate(xs):
+        if not has_data[k]:
+            outs.append(None)
+            continue
+        c, h, w = x.shape
+        outs.append(np.zeros((c, h * s, w * s), dtype=np.float32))
+    for (k, g), pred in zip(owners, preds, strict=True):
+        out = outs[k]
+        assert out is not None
+        if g.mode == "replicate":
+            out[g.outputs[0][1]] = pred.mean(axis=0)
+        else:
+            for ch, pos in g.outputs:
+                out[pos] = pred[ch]
+    for k, x in enumerate(xs):
+        out = outs[k]
+        if out is None:
+            continue
+        for g in work.groups:
+            if g.mode == "nearest":
+                for ch, pos in g.outputs:
+                    out[pos] = upsample_nearest(x[g.inputs[ch]], s)
+    return outs, seconds
+
+
+#: A chunk of tiles to run: ``(key, model values per tile, has-data per tile)``.
+Job = tuple[Any, list[np.ndarray], list[bool]]
+#: Its result: ``(key, outputs per tile or None, model seconds)``.
+JobResult = tuple[Any, list[np.ndarray | None], float]
+
+
+class TileExecutor(Protocol):
+    """Runs ``predict_tiles`` over a stream of tile chunks, returning them in order.
+
+    ``key`` is carried through untouched (the caller keeps what the writer needs).
+    """
+
+    def map(self, work: ModelWork, jobs: Iterable[Job]) -> Iterator[JobResult]: ...
+
+
+@dataclass
+class LocalExecutor:
+    """Runs every chunk in this process, one after the other."""
+
+    model: Upscaler
+
+    def map(self, work: ModelWork, jobs: Iterable[Job]) -> Iterator[JobResult]:
+        for key, xs, has_data in jobs:
+            outs, seconds = predict_tiles(self.model, work, xs, has_data)
+            yield key, outs, seconds
+
+
+def _enforce_consistency(u: np.ndarray, lr: np.ndarray, valid: np.ndarray, scale: int,
+                         skip: tuple[int, ...]) -> np.ndarray:
+    """Shift every s x s block of ``u`` so that its mean equals the LR pixel (valid only)."""
+    c, h, w = lr.shape
+    blocks = u.reshape(c, h, scale, w, scale).mean(axis=(2, 4))
+    delta = np.where(valid, lr - blocks, 0.0).astype(np.float32)
+    for p in skip:
+        delta[p] = 0.0
+    return u + upsample_nearest(delta, scale)
+
+
+def finish_unit(unit: np.ndarray, valid: np.ndarray, lr: np.ndarray, *,
+                mappings: Sequence[BandMapping], dtype: str, scale: int,
+                nodata: float | None, consistency: str = "none",
+                categorical: tuple[int, ...] = (),
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Turn a blended unit (model values) into stored values, masked as the input was.
+
+    Args:
+        unit: (C, uh*s, uw*s) blended model values.
+        valid: (C, uh, uw) validity of the unit's input pixels.
+        lr: (C, uh, uw) model values of the unit's input pixels (for ``consistency``).
+        mappings: Radiometric mapping per band.
+        dtype: Stored dtype.
+        scale: Upscaling factor.
+        nodata: Nodata value when the input marks invalid pixels by value, else ``None``.
+        consistency: ``exact`` shifts each s x s block to the mean of its input pixel.
+        categorical: Band positions left untouched by ``consistency``.
+
+    Returns:
+        ``(data, valid_hr, clipped, nodata_moved)``: values in ``dtype`` (invalid pixels
+        set to nodata, NaN for floats, else 0), the upsampled validity, clipped valid
+        pixels per band, valid pixels moved off the nodata value.
+    """
+    if consistency == "exact":
+        unit = _enforce_consistency(unit, lr, valid, scale, categorical)
+    values = np.stack([m.from_unit(unit[c]) for c, m in enumerate(mappings)])
+    valid_hr = upsample_nearest(valid, scale)
+    data, clipped = to_dtype(values, dtype, valid_hr)
+    moved = 0
+    if nodata is not None:
+        moved = avoid_nodata(data, valid_hr, nodata)
+        fill: float = nodata
+    elif np.issubdtype(data.dtype, np.floating):
+        fill = np.nan
+    else:
+        fill = 0
+    if not valid_hr.all():
+        data[~valid_hr] = np.asarray(fill).astype(data.dtype)
+    return data, valid_hr, clipped, moved
