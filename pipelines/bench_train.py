@@ -1,0 +1,258 @@
+"""LGUN CPU training step: the eager reference against ``lgun.fast_train``, in one run.
+
+    python -m pipelines.bench_train --scale 2 [--threads 1] [--steps 5] [--bf16]
+                                    [--json FILE]
+
+One batch of the training recipe (16 HR patches of 64 x 64, 63 x 63 at x3; LR inputs of
+HR / scale), random weights and data (speed does not depend on them). A *step* is what
+``lgun.train`` does per batch: forward, ``F.l1_loss``, backward, ``torch.optim.AdamW.step``.
+
+* ``reference``: the eager ``LGUN`` of ``lgun/model.py`` as the training loop runs it;
+* ``optimised``: the same weights after ``lgun.fast_train.optimize_for_training``.
+
+The allocator setting (``lgun.fast.tune_malloc``, part of ``training_setup``) is
+process-wide and cannot be undone, so the run has two phases: first with glibc's default
+allocator, then after ``tune_malloc()``. Within a phase the reference and optimised steps
+alternate (the machine is shared and noisy), each timed ``--steps`` times after one warm-up
+step; the table gives medians of wall time and of this process's CPU time (on a machine
+shared with other jobs, CPU time is the steadier measure of what a step costs; wall time is
+what training sees). ``speedup`` compares a step to the reference of the same phase. The
+last line compares the optimised step with the tuned allocator (what training gets from
+``training_setup`` + ``optimize_for_training``) to the reference step with the default
+allocator (what it had before); the phases run one after the other, so on a busy machine
+that line also carries the load's drift, which the per-phase ratios do not.
+
+Between steps, a GEMM of the 1x1 convs' shape ((B*h*w) x 64 @ 64 x 160, the better of
+``torch.mm`` and oneDNN's matmul) measures the fp32 ceiling on the same threads;
+``GFLOP/s`` counts a training step as 3 forward passes (2 FLOPs per Multi-Add of
+``lgun.complexity``), on CPU time like the ceiling.
+
+``grad rel diff``: per parameter max|g_opt - g_ref| / max|g_ref| on the same batch and
+weights, the max over parameters (with its parameter). ``--bf16`` adds the optimised step
+under bf16 autocast where the CPU has native bf16 (``avx512_bf16``/``amx_bf16``); elsewhere
+it says so and measures nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _grad_diff(ref: Any, opt: Any, x: Any, y: Any, autocast: bool = False) -> tuple[float, str]:
+    """Max over parameters of max|g_opt - g_ref| / max|g_ref| for one batch; and its name."""
+    import torch
+    import torch.nn.functional as F
+
+    for m, ac in ((ref, False), (opt, autocast)):
+        m.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=ac):
+            F.l1_loss(m(x).float(), y).backward()
+    worst, name = 0.0, ""
+    for (n, p_ref), p_opt in zip(ref.named_parameters(), opt.parameters(), strict=True):
+        scale = p_ref.grad.abs().max().item()
+        d = (p_opt.grad - p_ref.grad).abs().max().item() / (scale if scale > 0 else 1.0)
+        if d >= worst:
+            worst, name = d, n
+    ref.zero_grad(set_to_none=True)
+    opt.zero_grad(set_to_none=True)
+    return worst, name
+
+
+def _train_step(model: Any, x: Any, y: Any, autocast: bool = False) -> Callable[[], None]:
+    """One recipe step (forward, L1, backward, AdamW) of ``model`` on a fixed batch."""
+    import torch
+    import torch.nn.functional as F
+
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.999), weight_decay=1e-4)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = F.l1_loss(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def _gemm(rows: int) -> tuple[Callable[[], None], float]:
+    """A (rows x 64) @ (64 x 160) fp32 GEMM (the best of mm and oneDNN) and its FLOPs."""
+    import torch
+
+    a, w = torch.rand(rows, 64), torch.rand(160, 64)
+    wt = w.t().contiguous()
+    cands: list[Callable[[], Any]] = [lambda: torch.mm(a, wt)]
+    if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        cands.append(lambda: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], ""))
+    best, best_t = cands[0], float("inf")
+    for f in cands:  # pick once, then time only the winner
+        f()
+        t = time.perf_counter()
+        for _ in range(3):
+            f()
+        if (dt := time.perf_counter() - t) < best_t:
+            best, best_t = f, dt
+    reps = max(1, int(0.1 / (best_t / 3)))  # ~0.1 s per timing
+
+    def run() -> None:
+        for _ in range(reps):
+            best()
+
+    return run, 2.0 * rows * 64 * 160 * reps
+
+
+def _phase(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, dict[str, list]]:
+    """Time each callable ``rounds`` times, alternating them; one untimed warm-up round.
+
+    Returns ``{name: {"wall": [...], "cpu": [...]}}`` in seconds. CPU time is this process's
+    (one compute thread): on a shared machine it counts what a step costs while it holds a
+    core, where wall time also counts the time other processes held it.
+    """
+    times: dict[str, dict[str, list]] = {k: {"wall": [], "cpu": []} for k in steps}
+    for r in range(rounds + 1):
+        for k, f in steps.items():
+            t, c = time.perf_counter(), time.process_time()
+            f()
+            if r:
+                times[k]["wall"].append(time.perf_counter() - t)
+                times[k]["cpu"].append(time.process_time() - c)
+    return times
+
+
+def run(scale: int, threads: int, steps: int, batch: int, bf16: bool) -> dict[str, Any]:
+    """Measure; return the report as plain data (see the module docstring)."""
+    import torch
+
+    from lgun.complexity import count
+    from lgun.fast import tune_malloc
+    from lgun.fast_train import bf16_supported, optimize_for_training
+    from lgun.model import LGUN
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    hr = 63 if scale == 3 else 64
+    lr = hr // scale
+    x, y = torch.rand(batch, 3, lr, lr), torch.rand(batch, 3, hr, hr)
+    ref = LGUN(scale=scale)
+    opt = optimize_for_training(copy.deepcopy(ref))
+    assert list(opt.state_dict()) == list(ref.state_dict())
+    diff, diff_param = _grad_diff(ref, opt, x, y)
+    flops = 3 * 2 * count(ref.config, hr, hr).multi_adds * batch
+    gemm, gemm_flops = _gemm(batch * lr * lr)
+    use_bf16 = bf16 and bf16_supported()
+    bf16_diff = _grad_diff(ref, copy.deepcopy(opt), x, y, autocast=True) if use_bf16 else None
+    variants = {"reference": _train_step(ref, x, y), "optimised": _train_step(opt, x, y),
+                "gemm": gemm}
+    default = _phase(variants, steps)
+    malloc = tune_malloc()
+    if use_bf16:
+        variants["optimised+bf16"] = _train_step(copy.deepcopy(opt), x, y, autocast=True)
+    tuned = _phase(variants, steps)
+
+    def med(ts: list[float]) -> float:
+        return statistics.median(ts)
+
+    rows = []
+    for phase, times in (("default", default), ("tune_malloc", tuned)):
+        ref_s, ref_cpu = med(times["reference"]["wall"]), med(times["reference"]["cpu"])
+        ceiling = gemm_flops / med(times["gemm"]["cpu"]) / 1e9
+        for k in times:
+            if k == "gemm":
+                continue
+            s, cpu = med(times[k]["wall"]), med(times[k]["cpu"])
+            rows.append({"phase": phase, "step": k, "s_per_step": s, "cpu_s_per_step": cpu,
+                         "samples_per_s": batch / s, "samples_per_cpu_s": batch / cpu,
+                         "gflops": flops / cpu / 1e9, "ceiling_gflops": ceiling,
+                         "speedup": ref_s / s, "speedup_cpu": ref_cpu / cpu, "times": times[k]})
+    return {
+        "scale": scale, "threads": threads, "batch": batch, "hr_patch": hr, "lr_patch": lr,
+        "steps": steps, "cpu": _cpu_model(), "torch": torch.__version__,
+        "loadavg_start_end": [], "tune_malloc": malloc,
+        "bf16": {"requested": bf16, "native": bf16_supported(), "grad_rel_diff": bf16_diff},
+        "train_gflop_per_step": flops / 1e9, "grad_rel_diff": diff, "grad_rel_diff_param":
+        diff_param, "rows": rows,
+        "overall_speedup": med(default["reference"]["wall"]) / med(tuned["optimised"]["wall"]),
+        "overall_speedup_cpu": med(default["reference"]["cpu"]) / med(tuned["optimised"]["cpu"]),
+    }
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The report as a text table."""
+    lines = [
+        f"LGUN x{r['scale']} training step: batch {r['batch']} x {r['lr_patch']}^2 LR "
+        f"({r['hr_patch']}^2 HR), {r['threads']} thread(s), median of {r['steps']} "
+        f"interleaved steps; {r['cpu']}, torch {r['torch']}, load avg {r['loadavg_start_end']}",
+        f"{r['train_gflop_per_step']:.1f} GFLOP per step (3 x forward)",
+        "wall: elapsed time; cpu: this process's CPU time (what a step costs while it holds a "
+        "core); GFLOP/s and % GEMM on CPU time",
+        f"{'allocator':<12} {'step':<15} {'s/step':>7} {'cpu s':>7} {'samples/s':>10} "
+        f"{'GFLOP/s':>8} {'% GEMM':>7} {'speedup':>8} {'(cpu)':>7}",
+    ]
+    for row in r["rows"]:
+        lines.append(
+            f"{row['phase']:<12} {row['step']:<15} {row['s_per_step']:7.3f} "
+            f"{row['cpu_s_per_step']:7.3f} {row['samples_per_s']:10.2f} {row['gflops']:8.1f} "
+            f"{100 * row['gflops'] / row['ceiling_gflops']:6.0f}% {row['speedup']:7.2f}x "
+            f"{row['speedup_cpu']:6.2f}x")
+    ceil = [row["ceiling_gflops"] for row in r["rows"]]
+    lines += [
+        f"GEMM ceiling ((B*h*w) x 64 @ 64 x 160 fp32): {min(ceil):.1f}-{max(ceil):.1f} GFLOP/s",
+        f"optimised + tune_malloc vs reference + default allocator (across phases, not "
+        f"interleaved): {r['overall_speedup']:.2f}x samples/s "
+        f"({r['overall_speedup_cpu']:.2f}x per CPU second)",
+        f"grad rel diff (max over parameters): {r['grad_rel_diff']:.2e} "
+        f"({r['grad_rel_diff_param']})",
+    ]
+    b = r["bf16"]
+    if b["requested"] and not b["native"]:
+        lines.append("bf16: not measured, no native bf16 on this CPU (no avx512_bf16/amx_bf16); "
+                     "fp32 only")
+    elif b["requested"]:
+        lines.append(f"bf16 autocast grad rel diff: {b['grad_rel_diff'][0]:.2e}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipelines.bench_train",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), default=2)
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per variant and phase")
+    p.add_argument("--batch", type=int, default=16, help="patches per step (recipe: 16)")
+    p.add_argument("--bf16", action="store_true",
+                   help="also time bf16 autocast (only where the CPU has native bf16)")
+    p.add_argument("--json", type=Path, help="write the report (with all times) here")
+    a = p.parse_args(argv)
+    # Before torch is imported, so that OpenMP starts with this many threads.
+    os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
+    load = os.getloadavg()[0]
+    r = run(a.scale, a.threads, a.steps, a.batch, a.bf16)
+    r["loadavg_start_end"] = [load, os.getloadavg()[0]]
+    print(format_report(r))
+    if a.json:
+        a.json.write_text(json.dumps(r, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
