@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
-from contextlib import suppress
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import rasterio
 from rasterio.errors import RasterioError
 
 from geosr.engine import LocalExecutor, TileExecutor
+from geosr.ensemble import with_ensemble
 from geosr.errors import GeosrError, GeosrWarning, InputError, OptionError, OutputError, one_line
 from geosr.io import (
     atomic_destination,
@@ -57,6 +58,8 @@ def upscale(
     consistency: str = "none",
     value_range: str | Sequence[tuple[float, float]] | None = None,
     dst_nodata: float | None = None,
+    ensemble: bool = False,
+    uncertainty: str | Path | None = None,
     progress: bool = False,
     cluster: Any = None,
     options: RunOptions | None = None,
@@ -81,20 +84,23 @@ def upscale(
         consistency: ``exact`` shifts each s x s block so that its mean equals the input.
         value_range: Fixed stored-value range(s) mapped to [0, 1] (``RunOptions``).
         dst_nodata: The output's nodata value (default: the source's).
+        ensemble: Run the model as its 8-view self-ensemble (~8x the model time).
+        uncertainty: Also write the ensemble's per-pixel spread to this GeoTIFF (needs
+            ``ensemble``; same grid and safety rules as ``dst``; docs/geosr.md).
         progress: Show a progress bar on stderr.
         cluster: Run the model on a Dask cluster: a ``distributed.Client`` or a
             ``geosr.distributed.DaskCluster`` (``geosr.distributed.connect``). This
             process still reads the windows and is the one writer; the output is the
             same as without a cluster (see docs/geosr.md, "Scale-out").
         options: A ``RunOptions`` instead of the option arguments (``scale`` through
-            ``consistency``), which must then be left at their defaults.
+            ``uncertainty``), which must then be left at their defaults.
 
     Returns:
         An ``UpscaleResult``.
 
     Raises:
-        GeosrError: any problem with the input, options or destination; nothing is
-            left at ``dst``.
+        GeosrError: any problem with the input, options or destinations; nothing is
+            left at ``dst`` nor at ``uncertainty``.
     """
     t_start = time.perf_counter()
     opts = options or RunOptions.from_kwargs(
@@ -102,10 +108,16 @@ def upscale(
         batch_size=batch_size, device=device, creation_options=creation_options, cog=cog,
         aoi=aoi, consistency=consistency,
         value_range=tuple(value_range) if value_range is not None
-        and not isinstance(value_range, str) else value_range, dst_nodata=dst_nodata)
+        and not isinstance(value_range, str) else value_range, dst_nodata=dst_nodata,
+        ensemble=ensemble or None, uncertainty=uncertainty)
     check_source(src)  # a missing source is reported before anything about DST
     dst_path = Path(dst) if dst is not None else default_destination(src, opts.scale)
     check_destination(dst_path, overwrite=overwrite, src=str(src))
+    unc_path = Path(opts.uncertainty) if opts.uncertainty is not None else None
+    if unc_path is not None:
+        check_destination(unc_path, overwrite=overwrite, src=str(src))
+        if unc_path.absolute() == dst_path.absolute():
+            raise OptionError(f"--uncertainty {unc_path} is the output file")
     fallback_warning = None
     if opts.model is None:
         spec, fallback_warning = default_model_spec(opts.scale)
@@ -120,8 +132,9 @@ def upscale(
                      folder=dst_path.parent if str(dst_path.parent) else Path("."))
         # With a cluster the workers load the model on their own device; this process
         # only needs its descriptor (name, digest, channels) for the tags.
-        upscaler = load_model(opts.model, opts.scale,
-                              device=opts.device if cluster is None else "cpu")
+        upscaler = with_ensemble(load_model(opts.model, opts.scale,
+                                            device=opts.device if cluster is None else "cpu"),
+                                 opts.ensemble)
         if upscaler.in_channels != info.in_channels:
             raise GeosrError(f"model {upscaler.name!r} takes {upscaler.in_channels} channels, "
                              f"but its descriptor says {info.in_channels}")
@@ -132,37 +145,55 @@ def upscale(
         else:
             from geosr.distributed import DaskExecutor
 
-            executor = DaskExecutor.create(cluster, opts.model, upscaler, scale=opts.scale,
-                                           device=opts.device)
+            # A model object travels as given (wrapped); a name is wrapped by the workers.
+            executor = DaskExecutor.create(
+                cluster, opts.model if isinstance(opts.model, str) else upscaler, upscaler,
+                scale=opts.scale, device=opts.device, ensemble=opts.ensemble)
         if fallback_warning:  # said once the run is known to be valid
             warnings.warn(fallback_warning, GeosrWarning, stacklevel=2)
         tags = {**opts.tags(upscaler), **source_tags(plan, mappings)}
-        with atomic_destination(dst_path, overwrite=overwrite, src=str(src)) as tmp:
-            stage = tmp.with_name(tmp.name + ".stage.tif") if opts.cog else tmp
+        with ExitStack() as stack:
+            tmp = stack.enter_context(
+                atomic_destination(dst_path, overwrite=overwrite, src=str(src)))
+            # Entered second, so renamed first: both only once the whole run succeeded.
+            unc_tmp = None if unc_path is None else stack.enter_context(
+                atomic_destination(unc_path, overwrite=overwrite, src=str(src)))
+            stage = _stage(tmp, opts.cog)
+            unc_stage = None if unc_tmp is None else _stage(unc_tmp, opts.cog)
             try:
                 result = write_plan(
                     ds, plan, mappings, stage, model_name=upscaler.name, tags=tags,
                     creation_options=opts.co, tile_size=opts.tile_size, overlap=opts.overlap,
                     batch_size=opts.batch_size, consistency=opts.consistency,
-                    progress=progress, executor=executor)
+                    progress=progress, executor=executor, spread_path=unc_stage)
                 if opts.cog:
-                    resampling = "nearest" if plan.categorical else "average"
-                    try:
-                        translate_to_cog(stage, tmp, creation_options=opts.co,
-                                         resampling=resampling)
-                    except (RasterioError, OSError, ValueError, TypeError) as e:
-                        raise OutputError(f"cannot write the COG: {one_line(e)}") from e
+                    _to_cog(stage, tmp, opts.co, "nearest" if plan.categorical else "average")
+                    if unc_stage is not None and unc_tmp is not None:
+                        _to_cog(unc_stage, unc_tmp, opts.co, "average")
             finally:
                 if opts.cog:
-                    for p in (stage, Path(str(stage) + ".aux.xml")):
-                        with suppress(FileNotFoundError):
-                            p.unlink()
+                    for st in (stage, unc_stage):
+                        for p in (() if st is None else (st, Path(str(st) + ".aux.xml"))):
+                            with suppress(FileNotFoundError):
+                                p.unlink()
     result.dst = dst_path
     result.seconds = time.perf_counter() - t_start
     if result.tiles and result.skipped_tiles == result.tiles:
         warnings.warn(f"{src} has no valid pixel in the processed area: {dst_path} is all "
                       "nodata", GeosrWarning, stacklevel=2)
     return result
+
+
+def _stage(tmp: Path, cog: bool) -> Path:
+    """Where the stream writes: ``tmp`` itself, or a staging file the COG is copied from."""
+    return tmp.with_name(tmp.name + ".stage.tif") if cog else tmp
+
+
+def _to_cog(stage: Path, tmp: Path, co: dict[str, str], resampling: str) -> None:
+    try:
+        translate_to_cog(stage, tmp, creation_options=co, resampling=resampling)
+    except (RasterioError, OSError, ValueError, TypeError) as e:
+        raise OutputError(f"cannot write the COG: {one_line(e)}") from e
 
 
 def describe(src: str | Path, *, scale: int | None = None, model: str | None = None,

@@ -38,6 +38,7 @@ import rasterio
 
 from geosr import __version__
 from geosr.api import upscale
+from geosr.ensemble import with_ensemble
 from geosr.errors import GeosrWarning, OptionError, error_summary
 from geosr.io import check_source, default_destination, is_local, remove_stale_temporaries
 from geosr.models import Upscaler, default_model_spec, load_model
@@ -237,6 +238,9 @@ def run_batch(
         consistency=consistency, aoi=aoi,
         value_range=tuple(value_range) if value_range is not None
         and not isinstance(value_range, str) else value_range)
+    if opts.uncertainty is not None:
+        # One path cannot serve every scene; a batch writes only the predictions.
+        raise OptionError("geosr batch does not write --uncertainty maps (use geosr upscale)")
     scale = opts.scale
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -259,7 +263,9 @@ def run_batch(
             warnings.warn(fallback, GeosrWarning, stacklevel=2)
     # Loaded once: locally it runs every scene; with a cluster it is the descriptor
     # (name, digest) the outputs are checked against, and workers load their own.
-    upscaler = load_model(model, scale, device="cpu" if distributed else opts.device)
+    upscaler = with_ensemble(load_model(model, scale,
+                                        device="cpu" if distributed else opts.device),
+                             opts.ensemble)
     run_model: str | Upscaler = model if distributed and isinstance(model, str) else upscaler
     opts = opts.with_model(run_model)
     request = opts.request_tags(upscaler)

@@ -64,12 +64,15 @@ def cli() -> None:
 @cli_options.workers_opt
 @cli_options.scheduler_opt
 @cli_options.gpu_workers_opt
+@cli_options.ensemble_opt
+@cli_options.uncertainty_opt
 def upscale(src: str, dst: str | None, scale: int, model: str | None, bands: str | None,
             tile_size: int, overlap: int, batch_size: int, device: str,
             creation_options: Sequence[str], cog: bool, aoi: str | None, overwrite: bool,
             consistency: str, progress: bool | None, value_range: str | None,
             dst_nodata: str | None, quiet: bool, ignore_limits: bool, workers: int | None,
-            scheduler: str | None, gpu: bool) -> None:
+            scheduler: str | None, gpu: bool, ensemble: bool,
+            uncertainty: str | None) -> None:
     """Super-resolve SRC by --scale into a georeferenced GeoTIFF."""
     from geosr.api import upscale as run_upscale
 
@@ -77,7 +80,8 @@ def upscale(src: str, dst: str | None, scale: int, model: str | None, bands: str
                       overlap=overlap, batch_size=batch_size, device=device,
                       creation_options=tuple(creation_options), cog=cog, aoi=aoi,
                       consistency=consistency, value_range=value_range,
-                      dst_nodata=dst_nodata, ignore_limits=ignore_limits)
+                      dst_nodata=dst_nodata, ignore_limits=ignore_limits,
+                      ensemble=ensemble, uncertainty=uncertainty)
     if progress is None:
         progress = sys.stderr.isatty() and not quiet
     kwargs: dict[str, Any] = dict(options=opts, overwrite=overwrite, progress=progress)
@@ -93,6 +97,8 @@ def upscale(src: str, dst: str | None, scale: int, model: str | None, bands: str
         check_source(src)
         check_destination(Path(dst) if dst else default_destination(src, opts.scale),
                           overwrite=overwrite, src=src)
+        if uncertainty is not None:
+            check_destination(Path(uncertainty), overwrite=overwrite, src=src)
         describe_model(opts.model, opts.scale)
         with connect(workers=workers, scheduler=scheduler, gpu=gpu) as cluster:
             result = run_upscale(src, dst, cluster=cluster, **kwargs)
@@ -152,12 +158,13 @@ def _tune_malloc_for(opts: RunOptions) -> None:
 @cli_options.workers_opt
 @cli_options.scheduler_opt
 @cli_options.gpu_workers_opt
+@cli_options.ensemble_opt
 def batch(sources: Sequence[str], out_dir: str, scale: int, model: str | None,
           bands: str | None, tile_size: int, overlap: int, batch_size: int, device: str,
           creation_options: Sequence[str], cog: bool, consistency: str, aoi: str | None,
           force: bool, progress: bool | None, value_range: str | None,
           dst_nodata: str | None, quiet: bool, ignore_limits: bool, workers: int | None,
-          scheduler: str | None, gpu: bool) -> None:
+          scheduler: str | None, gpu: bool, ensemble: bool) -> None:
     """Super-resolve every scene of SOURCES (paths or quoted globs) into --out-dir.
 
     Up-to-date outputs (same provenance tags) are skipped, so an interrupted batch
@@ -169,7 +176,7 @@ def batch(sources: Sequence[str], out_dir: str, scale: int, model: str | None,
                       overlap=overlap, batch_size=batch_size, device=device,
                       creation_options=tuple(creation_options), cog=cog,
                       consistency=consistency, aoi=aoi, value_range=value_range,
-                      dst_nodata=dst_nodata, ignore_limits=ignore_limits)
+                      dst_nodata=dst_nodata, ignore_limits=ignore_limits, ensemble=ensemble)
     if workers is None and scheduler is None and not gpu:
         _tune_malloc_for(opts)
     if quiet:
@@ -194,17 +201,18 @@ def batch(sources: Sequence[str], out_dir: str, scale: int, model: str | None,
 @cli_options.batch_size_opt
 @cli_options.aoi_opt
 @cli_options.range_opt
+@cli_options.ensemble_opt
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def info(src: str, scale: int, model: str | None, bands: str | None, tile_size: int,
          overlap: int, batch_size: int, aoi: str | None, value_range: str | None,
-         as_json: bool) -> None:
+         ensemble: bool, as_json: bool) -> None:
     """Show what `geosr upscale` would do with SRC: bands, mapping, tiles, memory."""
     from geosr.api import describe
 
     d = describe(src, options=RunOptions(scale=scale, model=model, bands=bands,
                                          tile_size=tile_size, overlap=overlap,
                                          batch_size=batch_size, aoi=aoi,
-                                         value_range=value_range))
+                                         value_range=value_range, ensemble=ensemble))
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
@@ -217,7 +225,9 @@ def info(src: str, scale: int, model: str | None, bands: str | None, tile_size: 
         f"window:     {d['window']}",
         f"mask:       {d['mask']}" + (f" (nodata {d['nodata']})" if d["nodata"] is not None
                                       else ""),
-        f"model:      {d['model']}" + (f"  [{d['model_note']}]" if d["model_note"] else ""),
+        f"model:      {d['model']}"
+        + (" (8-view self-ensemble, ~8x model time)" if d["ensemble"] else "")
+        + (f"  [{d['model_note']}]" if d["model_note"] else ""),
     ]
     for b in d["bands"]:
         lines.append(f"band {b['band']:>3}:   {b['colorinterp']:<10} {b['mapping']}"

@@ -79,3 +79,14 @@ dst_nodata_opt = click.option(
     help="Nodata value of the output (default: the source's). Invalid pixels get it; valid "
     "pixels equal to it move to the next value.",
 )
+ensemble_opt = click.option(
+    "--ensemble", is_flag=True, default=False,
+    help="Run the model as its 8-view self-ensemble (mean over flips and quarter turns): "
+    "slightly more accurate (+0.03 to +0.19 dB PSNR measured), at ~8x the model time.",
+)
+uncertainty_opt = click.option(
+    "--uncertainty", default=None, metavar="U.tif",
+    help="With --ensemble: also write a float32 GeoTIFF on the output grid with the "
+    "per-pixel std of the 8 views in output units (where they disagree; not an error "
+    "estimate). Same safety rules as the output; works with --workers/--scheduler too.",
+)

@@ -226,11 +226,15 @@ class DaskExecutor:
 
     @classmethod
     def create(cls, cluster: Any, spec: str | Upscaler, model: Upscaler, *, scale: int,
-               device: str) -> DaskExecutor:
-        """An executor for ``spec`` (what workers load) whose descriptor is ``model``."""
+               device: str, ensemble: bool = False) -> DaskExecutor:
+        """An executor for ``spec`` (what workers load) whose descriptor is ``model``.
+
+        ``ensemble``: workers wrap what they load by name in its self-ensemble; a model
+        object is shipped as given, so pass it already wrapped.
+        """
         dc = _as_cluster(cluster)
         if isinstance(spec, str):
-            return cls(dc, ModelRef.for_spec(spec, scale, device, model.sha256))
+            return cls(dc, ModelRef.for_spec(spec, scale, device, model.sha256, ensemble))
         key = f"geosr-model-{uuid.uuid4().hex}"
         return cls(dc, ModelRef(key, None, scale, device), ModelPlugin(key, model))
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -43,8 +43,14 @@ def _pad_to(x: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="symmetric")
 
 
-def run_model(model: Upscaler, items: list[np.ndarray], batch_size: int) -> list[np.ndarray]:
-    """Run ``model`` on (C, h, w) items in batches padded to a common, valid size."""
+def run_model(model: Upscaler, items: list[np.ndarray], batch_size: int,
+              spread: bool = False) -> list[np.ndarray]:
+    """Run ``model`` on (C, h, w) items in batches padded to a common, valid size.
+
+    With ``spread`` the model must have ``predict_with_spread``
+    (``geosr.ensemble.EnsembleUpscaler``); each output is then (2C, h*s, w*s): the
+    prediction's C channels, then the spread's.
+    """
     s, m = model.scale, max(1, model.size_multiple)
     outs: list[np.ndarray] = []
     for i in range(0, len(items), batch_size):
@@ -53,11 +59,18 @@ def run_model(model: Upscaler, items: list[np.ndarray], batch_size: int) -> list
         w = max(x.shape[-1] for x in chunk)
         h, w = -(-h // m) * m, -(-w // m) * m
         batch = np.stack([_pad_to(x, h, w) for x in chunk]).astype(np.float32, copy=False)
-        pred = np.asarray(model(batch), dtype=np.float32)
+        if spread:
+            # Only wrappers such as EnsembleUpscaler have it (checked by predict_tiles).
+            mean, std = cast(Any, model).predict_with_spread(batch)
+            pred = np.asarray(mean, dtype=np.float32)
+        else:
+            pred = np.asarray(model(batch), dtype=np.float32)
         if pred.shape != (len(chunk), batch.shape[1], h * s, w * s):
             raise GeosrError(
                 f"model {model.name!r} returned shape {pred.shape} for input {batch.shape}"
             )
+        if spread:
+            pred = np.concatenate([pred, np.asarray(std, dtype=np.float32)], axis=1)
         for j, x in enumerate(chunk):
             outs.append(pred[j, :, : x.shape[-2] * s, : x.shape[-1] * s])
     return outs
@@ -71,11 +84,15 @@ class ModelWork:
         scale: Upscaling factor.
         groups: Band groups of the run (``geosr.bands.band_groups``).
         batch_size: Model inputs per call.
+        spread: Also return the model's per-pixel spread (``predict_with_spread``): each
+            tile's output then has 2C channels, the prediction's then the spread's, so
+            the spread travels with the prediction through any executor.
     """
 
     scale: int
     groups: tuple[BandGroup, ...]
     batch_size: int
+    spread: bool = False
 
 
 def predict_tiles(model: Upscaler, work: ModelWork, xs: Sequence[np.ndarray],
@@ -93,8 +110,14 @@ def predict_tiles(model: Upscaler, work: ModelWork, xs: Sequence[np.ndarray],
 
     Returns:
         ``(outputs, seconds)``: one output per tile (``None`` for tiles without data)
-        and the time spent inside model calls.
+        and the time spent inside model calls. With ``work.spread`` an output is
+        (2C, h*s, w*s): prediction, then spread (0 for bands upsampled by nearest).
+
+    Raises:
+        GeosrError: ``work.spread`` with a model that has no ``predict_with_spread``.
     """
+    if work.spread and not hasattr(model, "predict_with_spread"):
+        raise GeosrError(f"model {model.name!r} has no spread (run it as an ensemble)")
     s = work.scale
     items: list[np.ndarray] = []
     owners: list[tuple[int, BandGroup]] = []
@@ -106,7 +129,7 @@ def predict_tiles(model: Upscaler, work: ModelWork, xs: Sequence[np.ndarray],
                 items.append(x[list(g.inputs)])
                 owners.append((k, g))
     t0 = time.perf_counter()
-    preds = run_model(model, items, work.batch_size) if items else []
+    preds = run_model(model, items, work.batch_size, work.spread) if items else []
     seconds = time.perf_counter() - t0
     outs: list[np.ndarray | None] = []
     for k, x in enumerate(xs):
@@ -114,15 +137,21 @@ def predict_tiles(model: Upscaler, work: ModelWork, xs: Sequence[np.ndarray],
             outs.append(None)
             continue
         c, h, w = x.shape
-        outs.append(np.zeros((c, h * s, w * s), dtype=np.float32))
+        outs.append(np.zeros(((2 if work.spread else 1) * c, h * s, w * s),
+                             dtype=np.float32))
     for (k, g), pred in zip(owners, preds, strict=True):
         out = outs[k]
         assert out is not None
+        c, n = xs[k].shape[0], len(g.inputs)
         if g.mode == "replicate":
-            out[g.outputs[0][1]] = pred.mean(axis=0)
+            out[g.outputs[0][1]] = pred[:n].mean(axis=0)
+            if work.spread:  # the views' spread averaged like the prediction
+                out[c + g.outputs[0][1]] = pred[n:].mean(axis=0)
         else:
             for ch, pos in g.outputs:
                 out[pos] = pred[ch]
+                if work.spread:
+                    out[c + pos] = pred[n + ch]
     for k, x in enumerate(xs):
         out = outs[k]
         if out is None:

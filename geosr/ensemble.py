@@ -24,7 +24,7 @@ import numpy as np
 
 from geosr.models import LGUNUpscaler, Upscaler
 
-__all__ = ["NUM_VIEWS", "EnsembleUpscaler", "inverse_view", "view"]
+__all__ = ["NUM_VIEWS", "EnsembleUpscaler", "inverse_view", "view", "with_ensemble"]
 
 NUM_VIEWS = 8
 
@@ -167,3 +167,14 @@ class EnsembleUpscaler:
             out = mean.cpu().numpy(), std.cpu().numpy()
         inner.model_seconds += time.perf_counter() - t0
         return out
+
+
+def with_ensemble(model: Upscaler, ensemble: bool) -> Upscaler:
+    """``model`` as its self-ensemble when ``ensemble`` (``RunOptions.ensemble``).
+
+    A model that is already an ``EnsembleUpscaler`` is returned as is, so the CLI, the
+    batch loop and ``upscale`` may each apply the option without wrapping twice.
+    """
+    if not ensemble or isinstance(model, EnsembleUpscaler):
+        return model
+    return EnsembleUpscaler(model)

@@ -42,6 +42,24 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:,.1f} GiB"
 
 
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _check_free(folder: Path, size: int, what: str) -> None:
+    """Refuse ``size`` bytes (uncompressed) for ``what`` in ``folder`` when it has less free."""
+    try:
+        free = shutil.disk_usage(folder if str(folder) else Path(".")).free
+    except OSError:
+        return
+    if size > free:
+        raise OutputError(f"{what} needs up to {_gib(size)} (uncompressed), but {folder} "
+                          f"has {_gib(free)} free (use --ignore-limits to run anyway)")
+
+
 def check_limits(plan: Plan, options: RunOptions, *, in_channels: int | None,
                  folder: Path) -> None:
     """Refuse a run whose output or tiles cannot fit (see the module docstring).
@@ -60,13 +78,14 @@ def check_limits(plan: Plan, options: RunOptions, *, in_channels: int | None,
         raise OutputError(f"the output would be {out_w:,} x {out_h:,} pixels, more than the "
                           f"limit of {MAX_OUTPUT_PIXELS:,} (use --ignore-limits to run anyway)")
     size = pixels * plan.out_count * np.dtype(plan.dtype).itemsize
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        free = None
-    if free is not None and size > free:
-        raise OutputError(f"the output needs up to {_gib(size)} (uncompressed), but {folder} "
-                          f"has {_gib(free)} free (use --ignore-limits to run anyway)")
+    # The uncertainty map: float32, one band per output band (alpha excluded).
+    spread = pixels * len(plan.bands) * 4 if options.uncertainty is not None else 0
+    spread_folder = Path(options.uncertainty).parent if options.uncertainty else folder
+    if spread and _same_folder(spread_folder, folder):
+        size, spread = size + spread, 0
+    _check_free(folder, size, "the output")
+    if spread:
+        _check_free(spread_folder, spread, "the uncertainty output")
     h, w = int(plan.window.height), int(plan.window.width)
     # A tile is never larger than the window (plus its context), nor smaller than allowed.
     tile = min(options.tile_size, max(h, w, 16, 6 * options.overlap) + 2 * options.overlap)

@@ -33,6 +33,7 @@ class ModelRef:
         device: Device for neural models in that process.
         sha256: Digest the loaded weights must have (the ones the caller's provenance
             tags name); ``None`` for weight-free models.
+        ensemble: Run the loaded model as its 8-view self-ensemble.
     """
 
     key: str
@@ -40,12 +41,16 @@ class ModelRef:
     scale: int
     device: str
     sha256: str | None = None
+    ensemble: bool = False
 
     @classmethod
     def for_spec(cls, spec: str, scale: int, device: str,
-                 sha256: str | None = None) -> ModelRef:
-        """A reference loaded by name; ``sha256`` (the client's weights) is checked."""
-        return cls(f"spec:{spec}:x{scale}:{device}:{sha256}", spec, scale, device, sha256)
+                 sha256: str | None = None, ensemble: bool = False) -> ModelRef:
+        """A reference loaded by name; ``sha256`` (the client's weights) is checked;
+        ``ensemble`` wraps it in its 8-view self-ensemble (part of the key, so a process
+        never hands the plain model to an ensemble run or the reverse)."""
+        key = f"spec:{spec}:x{scale}:{device}:{sha256}" + (":ensemble" if ensemble else "")
+        return cls(key, spec, scale, device, sha256, ensemble)
 
 
 def install_model(key: str, model: Upscaler) -> None:
@@ -86,5 +91,9 @@ def worker_model(ref: ModelRef) -> Upscaler:
             from lgun.fast import tune_malloc
 
             tune_malloc()
+        if ref.ensemble:
+            from geosr.ensemble import with_ensemble
+
+            model = with_ensemble(model, True)
         install_model(ref.key, model)
         return model

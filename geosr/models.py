@@ -266,7 +266,9 @@ def describe_model(spec: str | Upscaler | None, scale: int) -> ModelInfo:
     if spec is None:
         spec, _ = default_model_spec(scale)
     if not isinstance(spec, str):
-        return ModelInfo(spec.name, isinstance(spec, LGUNUpscaler), spec.scale,
+        # A wrapper (``EnsembleUpscaler``) runs its ``inner`` model: neural if that is.
+        inner = getattr(spec, "inner", spec)
+        return ModelInfo(spec.name, isinstance(inner, LGUNUpscaler), spec.scale,
                          spec.in_channels, spec.size_multiple, spec.supports_half)
     if spec == "nearest" or spec in CLASSICAL:
         return ModelInfo(spec, False, None, None)

@@ -75,6 +75,10 @@ class RunOptions:
             the source's. Invalid pixels are written with it; valid pixels equal to it are
             moved to the next value.
         ignore_limits: Skip the size guards (``geosr.limits``).
+        ensemble: Run the model as its 8-view self-ensemble (``geosr.ensemble``): the
+            mean over flips and quarter turns, at about 8x the model time.
+        uncertainty: A second GeoTIFF for the ensemble's per-pixel spread (needs
+            ``ensemble``; docs/geosr.md, "Ensemble and uncertainty").
 
     Raises:
         OptionError: any invalid value.
@@ -94,6 +98,8 @@ class RunOptions:
     value_range: str | tuple[tuple[float, float], ...] | None = None
     dst_nodata: float | str | None = None
     ignore_limits: bool = False
+    ensemble: bool = False
+    uncertainty: str | Path | None = None
 
     def __post_init__(self) -> None:
         scale = self.scale
@@ -127,6 +133,11 @@ class RunOptions:
             except (TypeError, ValueError):
                 raise OptionError(
                     f"--dst-nodata must be a number, got {self.dst_nodata!r}") from None
+        if not isinstance(self.ensemble, bool):
+            raise OptionError(f"ensemble must be true or false, got {self.ensemble!r}")
+        if self.uncertainty is not None and not self.ensemble:
+            raise OptionError("--uncertainty needs --ensemble (the spread is that of the "
+                              "8 ensemble views)")
         if self.aoi is not None:
             from geosr.aoi import read_aoi
 

@@ -186,13 +186,20 @@ def memory_estimate(plan: Plan, options: RunOptions, in_channels: int | None) ->
     c = len(plan.bands)
     ch = in_channels or c
     b, t, s, o = options.batch_size, options.tile_size, options.scale, options.overlap
+    # The self-ensemble calls its model on up to 8 views at a time (geosr.ensemble's
+    # max_batch), holds the batch's 8 views and a running mean and spread; with an
+    # uncertainty map every tile output carries the spread too (2C channels).
+    rows = 8 if options.ensemble else b
+    per_out = 2 if options.uncertainty is not None else 1
     mem = {
         "tile_inputs": b * c * t * t * 4 * 3,
-        "model_batch": b * ch * t * t * 4 * (64 * 6 if in_channels else 2 + s * s),
-        "tile_outputs": b * c * (t * s) ** 2 * 4 * 3,
-        "blend_patches": c * out_w * 2 * o * s * 4,
+        "model_batch": rows * ch * t * t * 4 * (64 * 6 if in_channels else 2 + s * s),
+        "tile_outputs": per_out * b * c * (t * s) ** 2 * 4 * 3,
+        "blend_patches": per_out * c * out_w * 2 * o * s * 4,
         "gdal_cache": DEFAULT_GDAL_CACHEMAX_MB << 20,
     }
+    if options.ensemble:
+        mem["ensemble_views"] = b * ch * (8 * t * t + 3 * (t * s) ** 2) * 4
     mem["total"] = sum(mem.values())
     return mem
 
@@ -224,6 +231,7 @@ def info_report(src: str, ds: Any, georef_kind: str, plan: Plan,
         "alpha_band": plan.mask.alpha_band,
         "model": model,
         "model_note": model_note,
+        "ensemble": options.ensemble,
         "band_groups": [
             {"bands": [plan.bands[p] for p in g.inputs], "mode": g.mode,
              "writes": [plan.bands[p] for _, p in g.outputs]}

@@ -151,7 +151,8 @@ class UnitWriter:
 def write_plan(ds: Any, plan: Plan, mappings: tuple[BandMapping, ...], path: Path, *,
                model_name: str, tags: dict[str, Any], creation_options: dict[str, str],
                tile_size: int, overlap: int, batch_size: int, consistency: str,
-               progress: bool, executor: TileExecutor) -> UpscaleResult:
+               progress: bool, executor: TileExecutor,
+               spread_path: Path | None = None) -> UpscaleResult:
     """Create ``path``, stream every tile of ``plan`` through ``executor`` into it.
 
     Args:
@@ -165,6 +166,8 @@ def write_plan(ds: Any, plan: Plan, mappings: tuple[BandMapping, ...], path: Pat
         tile_size, overlap, batch_size, consistency: The run's options.
         progress: Show a progress bar on stderr.
         executor: Runs the model on chunks of tiles.
+        spread_path: Also write the model's spread there (``geosr.spread``; the model
+            must have ``predict_with_spread``), blended with the prediction's weights.
     """
     out_h, out_w = plan.out_shape
     block = output_block_size(tile_size, overlap, plan.scale)
@@ -182,13 +185,22 @@ def write_plan(ds: Any, plan: Plan, mappings: tuple[BandMapping, ...], path: Pat
             out = rasterio.open(path, "w", **profile)
     except (RasterioError, ValueError, TypeError) as e:
         raise OutputError(f"cannot create the output: {one_line(e)}") from e
+    spread_out = None
     try:
         with out:
+            if spread_path is not None:
+                from geosr.spread import SpreadWriter
+
+                spread_out = SpreadWriter(spread_path, plan, mappings, tags=tags,
+                                          creation_options=creation_options,
+                                          block=block if len(plan.grid) > 1 else None)
             write_metadata(out, dataset_tags=plan.dataset_tags, bands=list(plan.meta),
                            provenance=tags, georef=plan.georef)
             writer = UnitWriter(out, plan, mappings, consistency)
             blender = UnitBlender(plan.scale)
-            work = ModelWork(plan.scale, plan.groups, batch_size)
+            work = ModelWork(plan.scale, plan.groups, batch_size,
+                             spread=spread_out is not None)
+            n = len(plan.bands)
             done_px = 0
             # closing(): an error or Ctrl-C here cancels the executor's pending work.
             with closing(executor.map(work, jobs(ds, plan, mappings, batch_size))) as results:
@@ -198,9 +210,13 @@ def write_plan(ds: Any, plan: Plan, mappings: tuple[BandMapping, ...], path: Pat
                         if pred is None:
                             skipped += 1
                             c, h, w = td.x.shape
-                            pred = np.zeros((c, h * plan.scale, w * plan.scale),
-                                            dtype=np.float32)
+                            pred = np.zeros(((2 if work.spread else 1) * c, h * plan.scale,
+                                             w * plan.scale), dtype=np.float32)
+                        # One blender for both: the spread gets the prediction's weights.
                         unit = blender.add(td.tile, pred)
+                        if spread_out is not None:
+                            spread_out.write(td.tile, unit[n:], td.valid)
+                            unit = unit[:n]
                         writer.write(td.tile, unit, td)
                         done_px += unit.shape[1] * unit.shape[2]
                     if bar is not None:
@@ -210,6 +226,8 @@ def write_plan(ds: Any, plan: Plan, mappings: tuple[BandMapping, ...], path: Pat
             out.update_tags(GEOSR_CLIPPED=",".join(str(int(v)) for v in writer.clipped),
                             GEOSR_NODATA_MOVED=str(writer.nodata_moved))
     finally:
+        if spread_out is not None:
+            spread_out.close()
         if bar is not None:
             bar.close()
     return UpscaleResult(

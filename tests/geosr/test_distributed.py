@@ -100,6 +100,20 @@ def test_cluster_output_equals_local(cluster: DaskCluster, scene: Path, tmp_path
 
 
 @pytest.mark.cluster
+def test_cluster_ensemble_and_uncertainty_equal_local(cluster: DaskCluster, scene: Path,
+                                                      tmp_path: Path) -> None:
+    """Workers wrap a named model in the same ensemble; the spread travels back with it."""
+    outs = {}
+    for name, c in (("local", None), ("dask", cluster)):
+        upscale(scene, tmp_path / f"{name}.tif", scale=2, model="bicubic", cluster=c,
+                ensemble=True, uncertainty=tmp_path / f"{name}_u.tif", **TILING)
+        outs[name] = (_read(tmp_path / f"{name}.tif"), _read(tmp_path / f"{name}_u.tif"))
+    for (a, tags_a, _), (b, tags_b, _) in zip(outs["local"], outs["dask"], strict=True):
+        np.testing.assert_array_equal(a, b)
+        assert tags_a == tags_b and tags_a["GEOSR_MODEL"] == "bicubic+ensemble"
+
+
+@pytest.mark.cluster
 def test_backpressure_reads_at_most_max_in_flight_ahead(cluster: DaskCluster) -> None:
     """The client pulls (reads) a chunk only when fewer than max_in_flight are pending."""
     from geosr.bands import band_groups
