@@ -7,6 +7,7 @@ are one line ``geosr: warning: ...``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -40,48 +41,19 @@ def cli() -> None:
 @click.argument("src")
 @click.option("--output", "-o", "dst", default=None, metavar="DST",
               help="Output GeoTIFF. Default: <stem>_x<scale>.tif beside SRC.")
-@cli_options.scale_opt
-@cli_options.model_opt
-@cli_options.bands_opt
-@cli_options.tile_size_opt
-@cli_options.overlap_opt
-@cli_options.batch_size_opt
-@cli_options.device_opt
-@cli_options.creation_options_opt
-@click.option("--cog", is_flag=True, default=False,
-              help="Write a Cloud Optimized GeoTIFF with averaged overviews.")
-@cli_options.aoi_opt
+@cli_options.run_options
+@cli_options.uncertainty_opt
 @cli_options.overwrite_opt
-@click.option("--consistency", type=click.Choice(["none", "exact"]), default="none",
-              show_default=True,
-              help="exact: shift each s x s block so its mean equals the input pixel.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: when stderr is a terminal).")
-@cli_options.range_opt
-@cli_options.dst_nodata_opt
-@cli_options.quiet_opt
-@cli_options.ignore_limits_opt
-@cli_options.workers_opt
-@cli_options.scheduler_opt
-@cli_options.gpu_workers_opt
-@cli_options.ensemble_opt
-@cli_options.uncertainty_opt
-def upscale(src: str, dst: str | None, scale: int, model: str | None, bands: str | None,
-            tile_size: int, overlap: int, batch_size: int, device: str,
-            creation_options: Sequence[str], cog: bool, aoi: str | None, overwrite: bool,
-            consistency: str, progress: bool | None, value_range: str | None,
-            dst_nodata: str | None, quiet: bool, ignore_limits: bool, workers: int | None,
-            scheduler: str | None, gpu: bool, ensemble: bool,
-            uncertainty: str | None) -> None:
+@cli_options.process_options
+def upscale(src: str, dst: str | None, uncertainty: str | None, overwrite: bool,
+            progress: bool | None, quiet: bool, workers: int | None, scheduler: str | None,
+            gpu: bool, **_: Any) -> None:
     """Super-resolve SRC by --scale into a georeferenced GeoTIFF."""
     from geosr.api import upscale as run_upscale
 
-    opts = RunOptions(scale=scale, model=model, bands=bands, tile_size=tile_size,
-                      overlap=overlap, batch_size=batch_size, device=device,
-                      creation_options=tuple(creation_options), cog=cog, aoi=aoi,
-                      consistency=consistency, value_range=value_range,
-                      dst_nodata=dst_nodata, ignore_limits=ignore_limits,
-                      ensemble=ensemble, uncertainty=uncertainty)
+    opts = _run_options()
     if progress is None:
         progress = sys.stderr.isatty() and not quiet
     kwargs: dict[str, Any] = dict(options=opts, overwrite=overwrite, progress=progress)
@@ -113,6 +85,15 @@ def upscale(src: str, dst: str | None, scale: int, model: str | None, bands: str
     )
 
 
+def _run_options() -> RunOptions:
+    """The ``RunOptions`` of the running command's parameters (those it has fields for)."""
+    params = click.get_current_context().params
+    names = {f.name for f in dataclasses.fields(RunOptions)}
+    kw = {k: v for k, v in params.items() if k in names}
+    kw["creation_options"] = tuple(kw.get("creation_options") or ())
+    return RunOptions(**kw)
+
+
 def _tune_malloc_for(opts: RunOptions) -> None:
     """Keep big freed blocks in this process when LGUN will run in it (``lgun.fast.tune_malloc``:
     process-wide, so the CLI decides, not the library; about half of the CPU speed-up)."""
@@ -132,39 +113,16 @@ def _tune_malloc_for(opts: RunOptions) -> None:
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--out-dir", "-d", required=True, metavar="OUT",
               help="Output folder: <stem>_x<scale>.tif per scene and manifest.json.")
-@cli_options.scale_opt
-@cli_options.model_opt
-@cli_options.bands_opt
-@cli_options.tile_size_opt
-@cli_options.overlap_opt
-@cli_options.batch_size_opt
-@cli_options.device_opt
-@cli_options.creation_options_opt
-@click.option("--cog", is_flag=True, default=False,
-              help="Write Cloud Optimized GeoTIFFs with averaged overviews.")
-@click.option("--consistency", type=click.Choice(["none", "exact"]), default="none",
-              show_default=True,
-              help="exact: shift each s x s block so its mean equals the input pixel.")
-@cli_options.aoi_opt
+@cli_options.run_options
 @click.option("--overwrite", "--force", "force", is_flag=True, default=False,
               help="Recompute scenes whose output is already up to date (outputs of other "
               "settings are always replaced; files geosr did not make never are).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar over scenes on stderr (default: when stderr is a terminal).")
-@cli_options.range_opt
-@cli_options.dst_nodata_opt
-@cli_options.quiet_opt
-@cli_options.ignore_limits_opt
-@cli_options.workers_opt
-@cli_options.scheduler_opt
-@cli_options.gpu_workers_opt
-@cli_options.ensemble_opt
-def batch(sources: Sequence[str], out_dir: str, scale: int, model: str | None,
-          bands: str | None, tile_size: int, overlap: int, batch_size: int, device: str,
-          creation_options: Sequence[str], cog: bool, consistency: str, aoi: str | None,
-          force: bool, progress: bool | None, value_range: str | None,
-          dst_nodata: str | None, quiet: bool, ignore_limits: bool, workers: int | None,
-          scheduler: str | None, gpu: bool, ensemble: bool) -> None:
+@cli_options.process_options
+def batch(sources: Sequence[str], out_dir: str, force: bool, progress: bool | None,
+          quiet: bool, workers: int | None, scheduler: str | None, gpu: bool,
+          **_: Any) -> None:
     """Super-resolve every scene of SOURCES (paths or quoted globs) into --out-dir.
 
     Up-to-date outputs (same provenance tags) are skipped, so an interrupted batch
@@ -172,11 +130,7 @@ def batch(sources: Sequence[str], out_dir: str, scale: int, model: str | None,
     """
     from geosr.batch import run_batch
 
-    opts = RunOptions(scale=scale, model=model, bands=bands, tile_size=tile_size,
-                      overlap=overlap, batch_size=batch_size, device=device,
-                      creation_options=tuple(creation_options), cog=cog,
-                      consistency=consistency, aoi=aoi, value_range=value_range,
-                      dst_nodata=dst_nodata, ignore_limits=ignore_limits, ensemble=ensemble)
+    opts = _run_options()
     if workers is None and scheduler is None and not gpu:
         _tune_malloc_for(opts)
     if quiet:

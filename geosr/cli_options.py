@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import click
 
-from geosr.options import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, SCALES
+from geosr.options import (
+    CONSISTENCY,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE_SIZE,
+    SCALES,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 scale_opt = click.option(
     "--scale", "-s", type=click.Choice(SCALES), required=True, help="Upscaling factor."
@@ -90,3 +101,32 @@ uncertainty_opt = click.option(
     "per-pixel std of the 8 views in output units (where they disagree; not an error "
     "estimate). Same safety rules as the output; works with --workers/--scheduler too.",
 )
+cog_opt = click.option(
+    "--cog", is_flag=True, default=False,
+    help="Write Cloud Optimized GeoTIFF output (GDAL's COG driver, averaged overviews).",
+)
+consistency_opt = click.option(
+    "--consistency", type=click.Choice(CONSISTENCY), default="none", show_default=True,
+    help="exact: shift each s x s block so its mean equals the input pixel.",
+)
+
+
+def _stack(*options: Callable[[F], F]) -> Callable[[F], F]:
+    """One decorator applying ``options`` in order (the first is listed first in --help)."""
+
+    def apply(f: F) -> F:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return apply
+
+
+#: The options that make a ``RunOptions`` (``geosr upscale`` and ``geosr batch``).
+run_options = _stack(scale_opt, model_opt, bands_opt, tile_size_opt, overlap_opt,
+                     batch_size_opt, device_opt, creation_options_opt, cog_opt, aoi_opt,
+                     consistency_opt, range_opt, dst_nodata_opt, ensemble_opt,
+                     ignore_limits_opt)
+#: Where the model runs and what the command prints.
+process_options = _stack(quiet_opt, workers_opt, scheduler_opt, gpu_workers_opt)
+
