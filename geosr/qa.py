@@ -128,11 +128,13 @@ def block_mean(x: np.ndarray, valid: np.ndarray, scale: int) -> tuple[np.ndarray
 
 
 #: (warn above, fail above) for each judged quantity: LR MAE as a percentage of the
-#: band's radiometric range, seam score, clipped and extra-nodata percentages.
+#: band's radiometric range, seam score, clipped percentage beyond the source's own
+#: saturation (a source at its type's limits, e.g. bright sand at 255, is clipped where the
+#: network extrapolates above it: that is not a defect of the output), extra nodata.
 THRESHOLDS: dict[str, tuple[float, float]] = {
     "mae_percent": (2.0, 10.0),
     "seam_score": (2.0, 4.0),
-    "clipped_percent": (1.0, 10.0),
+    "clipped_excess_percent": (1.0, 10.0),
     "nodata_percent_increase": (1.0, 10.0),
 }
 #: Exit status of ``geosr qa`` by verdict.
@@ -158,6 +160,8 @@ class QAReport:
         model: Model recorded in the output's tags.
         mae_percent: LR MAE per band as a percentage of the band's radiometric range.
         clipped_percent: Clipped pixels as a percentage of the output's band pixels.
+        saturated_percent: Valid source pixels at their integer type's minimum or maximum,
+            as a percentage of the source window's band pixels.
         mismatches: Provenance checks that failed (source name, CRS, bounds).
         verdict: ``pass``, ``warn`` or ``fail``.
         reasons: Why the verdict is not ``pass``.
@@ -177,6 +181,7 @@ class QAReport:
     model: str | None
     mae_percent: list[float] | None = None
     clipped_percent: float | None = None
+    saturated_percent: float = 0.0
     mismatches: list[str] | None = None
     verdict: str = "pass"
     reasons: list[str] | None = None
@@ -187,8 +192,8 @@ class QAReport:
             "mae_percent": max((v for v in self.mae_percent or [] if math.isfinite(v)),
                                default=math.nan),
             "seam_score": self.seam_score,
-            "clipped_percent": self.clipped_percent if self.clipped_percent is not None
-            else math.nan,
+            "clipped_excess_percent": (self.clipped_percent - self.saturated_percent
+                                       if self.clipped_percent is not None else math.nan),
             "nodata_percent_increase": 100 * (self.nodata_fraction_dst
                                               - self.nodata_fraction_src),
         }
@@ -217,7 +222,8 @@ class QAReport:
               else f"{self.spectral_angle_deg:.4f} deg")
         clipped = "unknown" if self.clipped is None else f"{sum(self.clipped)} {self.clipped}"
         if self.clipped_percent is not None:
-            clipped += f" ({self.clipped_percent:.3f}%)"
+            clipped += (f" ({self.clipped_percent:.3f}%; source at its type's limits: "
+                        f"{self.saturated_percent:.3f}%)")
         if self.mae_percent:
             mae += " (" + ", ".join(f"{v:.3g}%" for v in self.mae_percent) + " of range)"
         verdict = self.verdict.upper() + (f": {'; '.join(self.reasons)}" if self.reasons else "")
@@ -292,7 +298,9 @@ def qa_report(src: str | Path, dst: str | Path, *, strip_rows: int = 128) -> QAR
         abs_phys = np.zeros(n)
         count = np.zeros(n)
         angle_sum, angle_n = 0.0, 0
-        inv_src = inv_dst = 0
+        inv_src = inv_dst = sat_src = 0
+        dtype = np.dtype(s_ds.dtypes[bands[0] - 1])
+        limits = (np.iinfo(dtype).min, np.iinfo(dtype).max) if dtype.kind in "iu" else None
         scales = np.array([s_ds.scales[b - 1] for b in bands])[:, None]
         offsets = np.array([s_ds.offsets[b - 1] for b in bands])[:, None]
         for r in range(0, h, strip_rows):
@@ -312,6 +320,8 @@ def qa_report(src: str | Path, dst: str | Path, *, strip_rows: int = 128) -> QAR
             abs_phys += np.where(both, diff * np.abs(scales[:, :, None]), 0.0).reshape(n, -1).sum(1)
             count += both.reshape(n, -1).sum(axis=1)
             inv_src += int((~lr_valid).sum())
+            if limits is not None:
+                sat_src += int((lr_valid & ((lr == limits[0]) | (lr == limits[1]))).sum())
             inv_dst += int((~hr_valid).sum())
             if n >= 2:
                 allv = both.all(axis=0)
@@ -340,6 +350,7 @@ def qa_report(src: str | Path, dst: str | Path, *, strip_rows: int = 128) -> QAR
             mae_percent=[100 * float(m) / r for m, r in zip(mae, ranges, strict=True)],
             clipped_percent=(100 * sum(clipped) / max(1, n * w * h * scale * scale)
                              if clipped is not None else None),
+            saturated_percent=100 * sat_src / max(1, n * w * h),
             mismatches=mismatches,
         ).judge()
 
