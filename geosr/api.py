@@ -106,10 +106,8 @@ def upscale(
     opts = options or RunOptions.from_kwargs(
         scale=scale, model=model, bands=bands, tile_size=tile_size, overlap=overlap,
         batch_size=batch_size, device=device, creation_options=creation_options, cog=cog,
-        aoi=aoi, consistency=consistency,
-        value_range=tuple(value_range) if value_range is not None
-        and not isinstance(value_range, str) else value_range, dst_nodata=dst_nodata,
-        ensemble=ensemble or None, uncertainty=uncertainty)
+        aoi=aoi, consistency=consistency, value_range=value_range, dst_nodata=dst_nodata,
+        ensemble=ensemble, uncertainty=uncertainty)
     check_source(src)  # a missing source is reported before anything about DST
     dst_path = Path(dst) if dst is not None else default_destination(src, opts.scale)
     check_destination(dst_path, overwrite=overwrite, src=str(src))

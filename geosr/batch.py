@@ -235,9 +235,7 @@ def run_batch(
     opts = options or RunOptions.from_kwargs(
         scale=scale, model=model, bands=bands, tile_size=tile_size, overlap=overlap,
         batch_size=batch_size, device=device, creation_options=creation_options, cog=cog,
-        consistency=consistency, aoi=aoi,
-        value_range=tuple(value_range) if value_range is not None
-        and not isinstance(value_range, str) else value_range)
+        consistency=consistency, aoi=aoi, value_range=value_range)
     if opts.uncertainty is not None:
         # One path cannot serve every scene; a batch writes only the predictions.
         raise OptionError("geosr batch does not write --uncertainty maps (use geosr upscale)")
