@@ -14,6 +14,7 @@ from geosr.options import (
     DEFAULT_TILE_SIZE,
     SCALES,
 )
+from geosr.scenes import PLACEMENTS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -78,6 +79,13 @@ gpu_workers_opt = click.option(
     "--gpu-workers", "gpu", is_flag=True, default=False,
     help="Model tasks need the GPU worker resource; without --scheduler, start a "
     "dask-cuda LocalCUDACluster (needs dask-cuda; one worker per GPU unless --workers).",
+)
+placement_opt = click.option(
+    "--placement", type=click.Choice(PLACEMENTS), default="auto", show_default=True,
+    help="With --workers/--scheduler: scenes runs each whole scene on a worker, which reads "
+    "the source and writes the output itself (paths must be reachable from the workers); "
+    "tiles runs one scene at a time with its tiles on the workers; auto picks scenes when "
+    "there are at least as many scenes to compute as workers and they reach the paths.",
 )
 range_opt = click.option(
     "--range", "value_range", default=None, metavar="LO,HI|PRESET",

@@ -4,7 +4,8 @@ The client (this process) keeps the roles that need the files: it plans the run,
 reads and prepares the input windows, blends the returned tiles and is the one
 writer. Workers only run ``geosr.engine.predict_tiles`` on chunks of tiles they
 receive, so no shared filesystem is assumed and the output is the same as the
-local loop's (same function, same chunks).
+local loop's (same function, same chunks). (Whole scenes run on workers, with shared
+paths, in ``geosr.scenes``; it reuses ``connect``, ``model_ref`` and ``plugin_installed``.)
 
 * The model is loaded once per worker process, never pickled per task: a task
   carries a small ``ModelRef``; models named by a string (``bicubic``,
@@ -101,7 +102,12 @@ class DaskCluster:
         return max(2, 2 * threads)
 
 
-def _as_cluster(cluster: Any) -> DaskCluster:
+def as_cluster(cluster: Any) -> DaskCluster:
+    """``cluster`` (a ``distributed.Client`` or a ``DaskCluster``) as a ``DaskCluster``.
+
+    Raises:
+        OptionError: anything else.
+    """
     if isinstance(cluster, DaskCluster):
         return cluster
     if isinstance(cluster, Client):
@@ -213,6 +219,45 @@ def _predict_task(ref: ModelRef, work: ModelWork, xs: list[np.ndarray],
 # --- client side ---------------------------------------------------------------
 
 
+def model_ref(spec: str | Upscaler, model: Upscaler, *, scale: int, device: str,
+              ensemble: bool = False) -> tuple[ModelRef, ModelPlugin | None]:
+    """How workers find the model of a run: by name, or through a plugin.
+
+    Args:
+        spec: What workers load: a name or path (loaded by each worker, its digest
+            checked against ``model``'s), or a model object (shipped once per worker by
+            the returned plugin, as given: pass it already wrapped in its ensemble).
+        model: The client's descriptor of the model (the one the output's tags name).
+        scale: Upscaling factor.
+        device: Device for neural models on the workers.
+        ensemble: Workers wrap what they load by name in its self-ensemble.
+
+    Returns:
+        The ``ModelRef`` tasks carry, and the plugin to install for the run (``None``
+        for a name).
+    """
+    if isinstance(spec, str):
+        return ModelRef.for_spec(spec, scale, device, model.sha256, ensemble), None
+    key = f"geosr-model-{uuid.uuid4().hex}"
+    return ModelRef(key, None, scale, device), ModelPlugin(key, model)
+
+
+@contextmanager
+def plugin_installed(client: Any, plugin: ModelPlugin | None) -> Iterator[None]:
+    """Within the block, ``plugin`` (if any) is installed on every worker, also on those
+    that join or restart meanwhile; it is removed at the end."""
+    if plugin is not None:
+        client.register_plugin(plugin)
+    try:
+        yield
+    finally:
+        if plugin is not None:
+            try:
+                client.unregister_worker_plugin(plugin.name)
+            except Exception:  # noqa: BLE001 - cleanup must not mask the real error
+                pass
+
+
 @dataclass
 class DaskExecutor:
     """``geosr.engine.TileExecutor`` that runs chunks on a Dask cluster.
@@ -232,11 +277,8 @@ class DaskExecutor:
         ``ensemble``: workers wrap what they load by name in its self-ensemble; a model
         object is shipped as given, so pass it already wrapped.
         """
-        dc = _as_cluster(cluster)
-        if isinstance(spec, str):
-            return cls(dc, ModelRef.for_spec(spec, scale, device, model.sha256, ensemble))
-        key = f"geosr-model-{uuid.uuid4().hex}"
-        return cls(dc, ModelRef(key, None, scale, device), ModelPlugin(key, model))
+        ref, plugin = model_ref(spec, model, scale=scale, device=device, ensemble=ensemble)
+        return cls(as_cluster(cluster), ref, plugin)
 
     def map(self, work: ModelWork, jobs: Iterable[Job]) -> Iterator[JobResult]:
         """Submit chunks with bounded look-ahead and yield their results in order."""
@@ -244,26 +286,20 @@ class DaskExecutor:
         limit = self.cluster.in_flight_limit()
         run = uuid.uuid4().hex[:8]
         pending: deque[tuple[Any, Any]] = deque()
-        if self.plugin is not None:
-            client.register_plugin(self.plugin)
-        try:
-            for i, (key, xs, has_data) in enumerate(jobs):
-                fut = client.submit(_predict_task, self.ref, work, xs, has_data, pure=False,
-                                    key=f"geosr-tiles-{run}-{i}",
-                                    resources=self.cluster.resources)
-                pending.append((key, fut))
-                if len(pending) >= limit:
+        with plugin_installed(client, self.plugin):
+            try:
+                for i, (key, xs, has_data) in enumerate(jobs):
+                    fut = client.submit(_predict_task, self.ref, work, xs, has_data,
+                                        pure=False, key=f"geosr-tiles-{run}-{i}",
+                                        resources=self.cluster.resources)
+                    pending.append((key, fut))
+                    if len(pending) >= limit:
+                        yield self._result(*pending.popleft())
+                while pending:
                     yield self._result(*pending.popleft())
-            while pending:
-                yield self._result(*pending.popleft())
-        finally:
-            if pending:
-                client.cancel([f for _, f in pending])
-            if self.plugin is not None:
-                try:
-                    client.unregister_worker_plugin(self.plugin.name)
-                except Exception:  # noqa: BLE001 - cleanup must not mask the real error
-                    pass
+            finally:
+                if pending:
+                    client.cancel([f for _, f in pending])
 
     @staticmethod
     def _result(key: Any, fut: Any) -> JobResult:

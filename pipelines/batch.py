@@ -1,8 +1,8 @@
 """``python -m pipelines.batch CONFIG.toml [--set key=value ...]``: a batch job from a file.
 
 A thin shell over ``geosr.batch.run_batch``: the config's keys are its arguments
-(``sources``, ``out_dir``, ``force``, ``workers``/``scheduler``/``gpu``) and the fields
-of ``geosr.options.RunOptions`` (``scale``, ``model``, tiling, ...; see
+(``sources``, ``out_dir``, ``force``, ``workers``/``scheduler``/``gpu``, ``placement``)
+and the fields of ``geosr.options.RunOptions`` (``scale``, ``model``, tiling, ...; see
 ``pipelines/configs/batch_example.toml``). Relative paths in ``sources`` and
 ``out_dir`` are taken from the config file's folder, so a config works from any
 working directory. ``--set`` overrides keys as in ``pipelines.train``. Prints the

@@ -149,3 +149,20 @@ def test_outputs_beside_the_scenes_are_not_taken_for_scenes(tmp_path: Path,
     assert [r.status for r in again.records] == ["skipped", "skipped"]
     assert sorted(p.name for p in (tmp_path / "in").glob("*.tif")) == [
         "s0.tif", "s0_x2.tif", "s1.tif", "s1_x2.tif"]
+
+
+def test_manifest_is_json_with_one_line_per_scene(tmp_path: Path) -> None:
+    from geosr.manifest import BatchReport, SceneRecord, write_manifest
+
+    report = BatchReport(tmp_path, tmp_path / MANIFEST_NAME, request={"GEOSR_SCALE": "2"})
+    write_manifest(report)
+    assert json.loads(report.manifest.read_text())["scenes"] == []
+    report.records = [SceneRecord(f"s{i}.tif", f"o{i}.tif", "ok", 1.5, 2.0, None, "w")
+                      for i in range(3)] + [SceneRecord('q"\n.tif', "o.tif", "failed", 0, 0, "x")]
+    assert write_manifest(report) >= 0
+    text = report.manifest.read_text()
+    doc = json.loads(text)
+    assert doc["summary"] == {"ok": 3, "skipped": 0, "failed": 1}
+    assert doc["scenes"][3]["scene"] == 'q"\n.tif' and doc["scenes"][0]["worker"] == "w"
+    assert sum(line.lstrip().startswith('{"scene"') for line in text.splitlines()) == 4
+    assert not list(tmp_path.glob(".*.tmp"))

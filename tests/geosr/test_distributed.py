@@ -255,8 +255,11 @@ def test_batch_through_the_cluster(cluster: DaskCluster, tmp_path: Path,
     scenes = tmp_path / "scenes"
     make_scenes(scenes, n=3, size=(50, 60), gain=255, offset=0)
     (scenes / "s1b.tif").write_text("not a GeoTIFF")
+    # Tile placement (auto would run these four scenes as whole-scene tasks:
+    # tests/geosr/test_batch_scenes.py).
     report = run_batch(str(scenes / "*.tif"), tmp_path / "out", scale=2, model="bicubic",
-                       cluster=cluster, **TILING)
+                       cluster=cluster, placement="tiles", **TILING)
+    assert report.placement == "tiles"
     status = {Path(r.scene).name: r.status for r in report.records}
     assert status == {"s0.tif": "ok", "s1.tif": "ok", "s1b.tif": "failed", "s2.tif": "ok"}
     for i in range(3):
