@@ -67,7 +67,7 @@ class UnitBlender:
         """Bytes held in patches for units not yet complete."""
         return sum(p.nbytes for lst in self._patches.values() for _, _, p in lst)
 
-    def add(self, tile: Tile, output: np.ndarray) -> np.ndarray:
+    def add(self, tile: Tile, output: np.ndarray, *, consume: bool = False) -> np.ndarray:
         """Blend one tile's output and return its completed unit.
 
         Must be called in row-major tile order.
@@ -75,15 +75,21 @@ class UnitBlender:
         Args:
             tile: The tile.
             output: (C, read_h * s, read_w * s) model output for the tile's read window.
+            consume: ``output`` may be overwritten: the weights are applied in place, and
+                only on the blend zones (a weight of 1 leaves a value as it is), and the
+                unit is returned as a view of it. Same values as without.
 
         Returns:
             (C, unit_h * s, unit_w * s) final values of the tile's unit.
         """
         s = self.scale
         rs, cs = tile.rows, tile.cols
-        weighted = output * axis_weights(rs, s)[:, None] * axis_weights(cs, s)[None, :]
-        # Drop what was read before the unit (zero weight; last tiles only).
-        weighted = weighted[:, rs.lead * s :, cs.lead * s :]
+        if consume and output.flags.writeable:
+            weighted = _weigh_zones(output[:, rs.lead * s :, cs.lead * s :], rs, cs, s)
+        else:
+            weighted = output * axis_weights(rs, s)[:, None] * axis_weights(cs, s)[None, :]
+            # Drop what was read before the unit (zero weight; last tiles only).
+            weighted = weighted[:, rs.lead * s :, cs.lead * s :]
         uh, uw = rs.unit_size * s, cs.unit_size * s
         # After the lead, a tile's output = its unit + the head zone of the next unit.
         if cs.tail:
@@ -94,7 +100,20 @@ class UnitBlender:
             self._patches[(tile.row + 1, tile.col + 1)].append(
                 (0, 0, weighted[:, uh:, uw:].copy())
             )
-        unit = np.array(weighted[:, :uh, :uw], copy=True)
+        unit = weighted[:, :uh, :uw] if consume else np.array(weighted[:, :uh, :uw], copy=True)
         for y, x, patch in self._patches.pop((tile.row, tile.col), []):
             unit[:, y : y + patch.shape[1], x : x + patch.shape[2]] += patch
         return unit
+
+
+def _weigh_zones(out: np.ndarray, rs: Span, cs: Span, s: int) -> np.ndarray:
+    """``out * w_y * w_x`` in place, past the lead: rows first, then columns, as the
+    broadcast product evaluates; only the zones, where a weight differs from 1."""
+    wy, wx = axis_weights(rs, s)[rs.lead * s :], axis_weights(cs, s)[cs.lead * s :]
+    for a, b in ((0, rs.head * s), (len(wy) - rs.tail * s, len(wy))):
+        if b > a:
+            out[:, a:b, :] *= wy[a:b, None]
+    for a, b in ((0, cs.head * s), (len(wx) - cs.tail * s, len(wx))):
+        if b > a:
+            out[:, :, a:b] *= wx[None, a:b]
+    return out

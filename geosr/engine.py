@@ -9,6 +9,11 @@ the Dask executor, the xarray accessor), so that they produce the same pixels:
   routed (``geosr.bands``), tiles without data skipped; run by a ``TileExecutor``
   (``LocalExecutor`` here, ``geosr.distributed.DaskExecutor`` on a cluster);
 * ``finish_unit``: a blended unit back to stored values, masked as the input was.
+
+``prepare_tile_fused`` and ``finish_unit_fused`` compute the same values bit for bit
+(the same float64 operations in the same order) in cache-sized row chunks, without
+the full-size temporaries, and skip the mask work when every pixel is valid; the
+streaming writer uses them, the reference path and the xarray accessor the plain forms.
 """
 
 from __future__ import annotations
@@ -24,13 +29,41 @@ from geosr.bands import BandGroup
 from geosr.errors import GeosrError
 from geosr.masks import fill_invalid, upsample_nearest
 from geosr.models import Upscaler
-from geosr.radiometry import BandMapping, avoid_nodata, to_dtype
+from geosr.radiometry import BandMapping, avoid_nodata, dtype_range, to_dtype
+
+#: Elements per chunk of the fused conversions: float64 scratch of 256 KiB stays in
+#: the CPU's L2 cache, where the chained operations of one chunk run.
+_CHUNK_ELEMENTS = 1 << 15
 
 
 def prepare_tile(data: np.ndarray, valid: np.ndarray,
                  mappings: Sequence[BandMapping]) -> np.ndarray:
     """Map stored values (C, h, w) to model values in [0, 1], invalid pixels filled."""
     x = np.stack([m.to_unit(data[c]) for c, m in enumerate(mappings)])
+    if not valid.all():
+        x = fill_invalid(x, valid)
+    return x
+
+
+def _row_chunks(h: int, w: int) -> Iterator[slice]:
+    rows = max(1, _CHUNK_ELEMENTS // max(w, 1))
+    for r in range(0, h, rows):
+        yield slice(r, min(h, r + rows))
+
+
+def prepare_tile_fused(data: np.ndarray, valid: np.ndarray,
+                       mappings: Sequence[BandMapping]) -> np.ndarray:
+    """``prepare_tile`` bit for bit: ``float32((float64(x) - lo) / (hi - lo))`` by chunks."""
+    c, h, w = data.shape
+    x = np.empty((c, h, w), dtype=np.float32)
+    scratch = np.empty(_CHUNK_ELEMENTS + w, dtype=np.float64)
+    for b, m in enumerate(mappings):
+        span = m.hi - m.lo
+        for rows in _row_chunks(h, w):
+            v = scratch[: (rows.stop - rows.start) * w].reshape(-1, w)
+            np.subtract(data[b, rows], m.lo, out=v, dtype=np.float64)
+            v /= span
+            np.copyto(x[b, rows], v, casting="unsafe")
     if not valid.all():
         x = fill_invalid(x, valid)
     return x
@@ -188,6 +221,63 @@ class LocalExecutor:
         for key, xs, has_data in jobs:
             outs, seconds = predict_tiles(self.model, work, xs, has_data)
             yield key, outs, seconds
+
+
+def finish_unit_fused(unit: np.ndarray, valid: np.ndarray, lr: np.ndarray, *,
+                      mappings: Sequence[BandMapping], dtype: str, scale: int,
+                      nodata: float | None, consistency: str = "none",
+                      categorical: tuple[int, ...] = (),
+                      ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, int]:
+    """``finish_unit`` bit for bit, by row chunks; ``valid_hr`` is ``None`` when all valid.
+
+    Per chunk: ``float64(u) * (hi - lo) + lo``, ``rint`` (integer types), the clip count
+    and ``clip`` (only for a band with a value out of range), then the cast: the
+    operations of ``from_unit`` and ``to_dtype`` in their order, on a scratch buffer
+    that stays in cache.
+    """
+    if consistency == "exact":
+        unit = _enforce_consistency(unit, lr, valid, scale, categorical)
+    c, hh, ww = unit.shape
+    all_valid = bool(valid.all())
+    valid_hr = None if all_valid else upsample_nearest(valid, scale)
+    lo_d, hi_d = dtype_range(dtype)
+    integer = np.issubdtype(np.dtype(dtype), np.integer)
+    data = np.empty((c, hh, ww), dtype=dtype)
+    clipped = np.zeros(c, dtype=np.int64)
+    scratch = np.empty(_CHUNK_ELEMENTS + ww, dtype=np.float64)
+    for b, m in enumerate(mappings):
+        span = m.hi - m.lo
+        # The conversion is monotonic, so the band's extremes convert to the extremes of
+        # its values: one check per band says whether anything clips (NaN: the full path).
+        ends = np.array([unit[b].min(), unit[b].max()])
+        ends = ends.astype(np.float64) * span + m.lo
+        ends = np.rint(ends) if integer else ends
+        in_range = bool(ends[0] >= lo_d and ends[1] <= hi_d)
+        for rows in _row_chunks(hh, ww):
+            v = scratch[: (rows.stop - rows.start) * ww].reshape(-1, ww)
+            np.multiply(unit[b, rows], span, out=v, dtype=np.float64)
+            v += m.lo
+            if integer:
+                np.rint(v, out=v)
+            if not in_range:
+                with np.errstate(invalid="ignore"):
+                    over = (v < lo_d) | (v > hi_d)
+                if valid_hr is not None:
+                    over &= valid_hr[b, rows]
+                clipped[b] += int(np.count_nonzero(over))
+                np.clip(v, lo_d, hi_d, out=v)
+            np.copyto(data[b, rows], v, casting="unsafe")
+    moved = 0
+    if nodata is not None:
+        moved = avoid_nodata(data, np.True_ if valid_hr is None else valid_hr, nodata)
+        fill: float = nodata
+    elif np.issubdtype(data.dtype, np.floating):
+        fill = np.nan
+    else:
+        fill = 0
+    if valid_hr is not None:
+        data[~valid_hr] = np.asarray(fill).astype(data.dtype)
+    return data, valid_hr, clipped, moved
 
 
 def _enforce_consistency(u: np.ndarray, lr: np.ndarray, valid: np.ndarray, scale: int,

@@ -25,7 +25,7 @@ from geosr.masks import MaskInfo, describe_masks, read_valid
 from geosr.options import SUPPORTED_DTYPES, RunOptions
 from geosr.profile import BandMeta, Georef, band_meta, output_dataset_tags, output_georef
 from geosr.radiometry import BandMapping, choose_mappings, iter_windows
-from geosr.tiling import TileGrid
+from geosr.tiling import TileGrid, make_grid
 
 
 @dataclass(frozen=True)
@@ -81,13 +81,16 @@ class Plan:
         return self.mask.nodata if self.mask.kind == "nodata" else None
 
 
-def make_plan(ds: Any, options: RunOptions, *, in_channels: int | None) -> Plan:
+def make_plan(ds: Any, options: RunOptions, *, in_channels: int | None, neural: bool,
+              size_multiple: int = 1) -> Plan:
     """Validate the options against an open dataset and decide the run.
 
     Args:
         ds: The open source.
         options: The run's options.
         in_channels: Channels the model takes (``None``: any count), from its descriptor.
+        neural: Whether the model is a network (its tiles grow: ``geosr.tiling.make_grid``).
+        size_multiple: The model's size multiple, from its descriptor.
 
     Raises:
         InputError: unsupported dtype or georeferencing.
@@ -126,7 +129,8 @@ def make_plan(ds: Any, options: RunOptions, *, in_channels: int | None) -> Plan:
     if ranges is not None and len(ranges) != len(selected):
         raise OptionError(f"--range gives {len(ranges)} ranges for {len(selected)} bands "
                           "(give one for all, or one per band)")
-    grid = TileGrid(int(window.height), int(window.width), options.tile_size, options.overlap)
+    grid = make_grid(int(window.height), int(window.width), options.tile_size, options.overlap,
+                     neural=neural, multiple=size_multiple, scale=options.scale)
     georef = output_georef(ds, window, options.scale)
     return Plan(
         src=str(ds.name), window=window, scale=options.scale, bands=selected, dtype=dtype,
@@ -181,25 +185,30 @@ def source_tags(plan: Plan, mappings: tuple[BandMapping, ...]) -> dict[str, Any]
 
 
 def memory_estimate(plan: Plan, options: RunOptions, in_channels: int | None) -> dict[str, int]:
-    """Peak memory of the run by part, in bytes (independent of the scene size)."""
+    """Peak memory of the run by part, in bytes (independent of the scene size).
+
+    Tiles are the grid's own (``plan.grid.tile_shape``): at most ``GROWTH_LIMIT`` times
+    the requested size, and no larger than the region.
+    """
     out_w = plan.out_shape[1]
     c = len(plan.bands)
     ch = in_channels or c
-    b, t, s, o = options.batch_size, options.tile_size, options.scale, options.overlap
+    b, s, o = options.batch_size, options.scale, options.overlap
+    th, tw = plan.grid.tile_shape
     # The self-ensemble calls its model on up to 8 views at a time (geosr.ensemble's
     # max_batch), holds the batch's 8 views and a running mean and spread; with an
     # uncertainty map every tile output carries the spread too (2C channels).
     rows = 8 if options.ensemble else b
     per_out = 2 if options.uncertainty is not None else 1
     mem = {
-        "tile_inputs": b * c * t * t * 4 * 3,
-        "model_batch": rows * ch * t * t * 4 * (64 * 6 if in_channels else 2 + s * s),
-        "tile_outputs": per_out * b * c * (t * s) ** 2 * 4 * 3,
+        "tile_inputs": b * c * th * tw * 4 * 3,
+        "model_batch": rows * ch * th * tw * 4 * (64 * 6 if in_channels else 2 + s * s),
+        "tile_outputs": per_out * b * c * th * tw * s * s * 4 * 3,
         "blend_patches": per_out * c * out_w * 2 * o * s * 4,
         "gdal_cache": DEFAULT_GDAL_CACHEMAX_MB << 20,
     }
     if options.ensemble:
-        mem["ensemble_views"] = b * ch * (8 * t * t + 3 * (t * s) ** 2) * 4
+        mem["ensemble_views"] = b * ch * (8 * th * tw + 3 * th * tw * s * s) * 4
     mem["total"] = sum(mem.values())
     return mem
 
@@ -240,7 +249,8 @@ def info_report(src: str, ds: Any, georef_kind: str, plan: Plan,
         "scale": options.scale,
         "tile_size": options.tile_size,
         "overlap": options.overlap,
-        "tiles": {"rows": rows, "cols": cols, "total": rows * cols},
+        "tiles": {"rows": rows, "cols": cols, "total": rows * cols,
+                  "tile_height": plan.grid.tile_shape[0], "tile_width": plan.grid.tile_shape[1]},
         "output": {"width": out_w, "height": out_h, "count": plan.out_count,
                    "bytes_uncompressed": out_w * out_h * plan.out_count * itemsize},
         "memory_estimate_bytes": memory_estimate(plan, options, in_channels),

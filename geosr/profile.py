@@ -5,8 +5,9 @@
   rasters keep their GCPs with pixel/line multiplied by ``scale``; RPC-only rasters
   keep their RPCs with the image offsets and scales adjusted (see ``scale_rpcs``).
 * Creation options: tiled (blocks of one tiling unit, ``(tile_size - 2*overlap) * scale``
-  when that is a multiple of 16, else 512), DEFLATE with a predictor, ``BIGTIFF=IF_SAFER``;
-  ``--co KEY=VAL`` overrides any of them, as in ``rio``.
+  when that is a multiple of 16, else 512), DEFLATE with a predictor, ``BIGTIFF=IF_SAFER``,
+  and on the streamed path ``NUM_THREADS`` (GDAL compresses blocks on that many threads;
+  not stored in the file); ``--co KEY=VAL`` overrides any of them, as in ``rio``.
 * Metadata: dataset and band tags, band descriptions, colour interpretation,
   colour map, scale/offset, units and nodata are copied; provenance tags
   ``GEOSR_*`` say what produced the pixels.
@@ -112,12 +113,16 @@ def _block(n: int, preferred: int = 512) -> int:
 
 def output_profile(*, width: int, height: int, count: int, dtype: str, georef: Georef,
                    nodata: float | None, creation_options: Mapping[str, str],
-                   block: int | None = None) -> dict[str, Any]:
+                   block: tuple[int | None, int | None] = (None, None),
+                   threads: int = 1) -> dict[str, Any]:
     """A rasterio profile for the output GeoTIFF.
 
     Args:
-        block: Preferred block side (the tiling's unit size, so units are whole blocks);
-            default 512. ``--co BLOCKXSIZE/BLOCKYSIZE`` win over it.
+        block: Preferred block height and width (the tiling's unit size, so units are
+            whole blocks: ``TileGrid.output_blocks``); ``None``: 512. ``--co
+            BLOCKXSIZE/BLOCKYSIZE`` win over it.
+        threads: GDAL compression threads (``NUM_THREADS``) when above 1; ``--co
+            NUM_THREADS`` wins over it.
     """
     floating = np.issubdtype(np.dtype(dtype), np.floating)
     profile: dict[str, Any] = {
@@ -130,8 +135,8 @@ def output_profile(*, width: int, height: int, count: int, dtype: str, georef: G
         "transform": georef.transform,
         "nodata": nodata,
         "tiled": True,
-        "blockxsize": _block(width, block or 512),
-        "blockysize": _block(height, block or 512),
+        "blockxsize": _block(width, block[1] or 512),
+        "blockysize": _block(height, block[0] or 512),
         "compress": "deflate",
         "predictor": 3 if floating else 2,
         "bigtiff": "IF_SAFER",
@@ -139,7 +144,9 @@ def output_profile(*, width: int, height: int, count: int, dtype: str, georef: G
     }
     if georef.kind != "transform":
         profile.pop("transform")
-    profile.update(creation_options)
+    if threads > 1:
+        profile["num_threads"] = str(threads)
+    profile.update(creation_options)  # keys are lower case (geosr.creation)
     return profile
 
 

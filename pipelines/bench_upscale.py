@@ -3,7 +3,9 @@
     python -m pipelines.bench_upscale tiling   [--model NAME|PATH] [--scale 4] [--size 320]
                                                [--tilings 256:16,192:16]
     python -m pipelines.bench_upscale overhead [--model NAME|PATH] [--scale 4] [--size 384]
+                                               [--no-whole]
     python -m pipelines.bench_upscale rss      [--model nearest|bicubic] [--sizes 2048,8192]
+    python -m pipelines.bench_upscale ceiling  [--sizes 4096,8192] [--scales 2,4] [--threads 1,2]
 
 * ``tiling``: real scenes of the shared corpus, LR crops of ``--size`` pixels, are
   super-resolved whole (one tile) and tiled with several (tile_size, overlap)
@@ -15,6 +17,8 @@
 * ``overhead``: end-to-end ``geosr.upscale`` wall time vs the time spent inside
   the model's calls for the same run (pipeline overhead = the rest), plus one
   whole-image model call for reference; also the extra model work due to overlap.
+* ``ceiling``: the pipeline's throughput with ``nearest``, streamed vs reference path,
+  side by side (``pipelines.bench_ceiling``).
 * ``rss``: generates uint8 RGB scenes of each size (streamed to disk), runs
   ``geosr upscale`` on each in a fresh process and prints its peak RSS.
 """
@@ -45,6 +49,8 @@ SCENES = (
     ("geotiff/opengeos-data/naip/m_4709963_se_14_1_20200831.tif", 300, 200, (1, 2, 3)),
 )
 TILINGS = ((128, 8), (128, 16), (192, 16), (256, 16), (256, 32))
+#: ``overhead`` crops the corpus scene (1098²) up to this side and generates larger scenes.
+GENERATED_ABOVE = 1024
 
 
 def _data_root() -> Path:
@@ -95,12 +101,14 @@ def _parse_tilings(text: str) -> tuple[tuple[int, int], ...]:
 
 def cmd_tiling(args: argparse.Namespace) -> dict[str, Any]:
     from geosr.api import upscale
+    from geosr.models import describe_model
     from geosr.qa import seam_score
-    from geosr.tiling import TileGrid
+    from geosr.tiling import make_grid
 
     root = _data_root()
     model = _model(args.model, args.scale)
     s = args.scale
+    neural = describe_model(model, s).neural  # the run's grid (networks grow tiles)
     tilings = _parse_tilings(args.tilings) if args.tilings else TILINGS
     rows_out = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,7 +131,7 @@ def cmd_tiling(args: argparse.Namespace) -> dict[str, Any]:
                 t_tiled = time.perf_counter() - t0
                 with rasterio.open(path) as ds:
                     tiled = ds.read()
-                grid = TileGrid(h, w, tile, overlap)
+                grid = make_grid(h, w, tile, overlap, neural=neural, scale=s)
                 r_pos, c_pos = grid.border_positions(s)
                 rec = {
                     "scene": Path(file).name, "lr": [h, w], "tile_size": tile,
@@ -149,32 +157,42 @@ def cmd_tiling(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_overhead(args: argparse.Namespace) -> dict[str, Any]:
     from geosr.api import upscale
+    from geosr.models import describe_model
     from geosr.options import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE
-    from geosr.tiling import TileGrid
+    from geosr.tiling import make_grid
 
-    root = _data_root()
     model = _model(args.model, args.scale)
     file, col, row, bands = SCENES[1]
     with tempfile.TemporaryDirectory() as tmp:
-        lr = _crop(root / file, col, row, args.size, bands, Path(tmp) / "lr.tif")
+        if args.size <= GENERATED_ABOVE:  # a crop of a real scene
+            lr = _crop(_data_root() / file, col, row, args.size, bands, Path(tmp) / "lr.tif")
+        else:  # larger than the corpus scene: the generated texture of ``rss``
+            file = "generated"
+            lr = Path(tmp) / "lr.tif"
+            _write_scene(lr, args.size)
         with rasterio.open(lr) as ds:
-            x = ds.read().astype(np.float32)[None] / 255.0
             h, w = ds.height, ds.width
-        model(x[:, :, :32, :32])  # warm-up
+            model(ds.read(window=((0, 32), (0, 32))).astype(np.float32)[None] / 255.0)  # warm-up
         model.model_seconds = 0.0
         res = upscale(lr, Path(tmp) / "out.tif", scale=args.scale, model=model)
         e2e, inside = res.seconds, res.model_seconds
-        t0 = time.perf_counter()
-        model(x)
-        whole = time.perf_counter() - t0
-    grid = TileGrid(h, w, DEFAULT_TILE_SIZE, DEFAULT_OVERLAP)
+        whole = math.nan
+        if args.whole:
+            with rasterio.open(lr) as ds:
+                x = ds.read().astype(np.float32)[None] / 255.0
+            t0 = time.perf_counter()
+            model(x)
+            whole = time.perf_counter() - t0
+    grid = make_grid(h, w, DEFAULT_TILE_SIZE, DEFAULT_OVERLAP, scale=args.scale,
+                     neural=describe_model(model, args.scale).neural)
     work = sum(t.rows.read_size * t.cols.read_size for t in grid) / (h * w)
     out = {
         "model": model.name, "scene": f"{Path(file).name} {h}x{w}", "scale": args.scale,
         "tile_size": DEFAULT_TILE_SIZE, "overlap": DEFAULT_OVERLAP, "tiles": len(grid),
         "end_to_end_s": round(e2e, 2), "model_calls_s": round(inside, 2),
         "pipeline_overhead_pct": round(100 * (e2e - inside) / e2e, 1),
-        "whole_image_model_call_s": round(whole, 2), "overlap_work_factor": round(work, 3),
+        "whole_image_model_call_s": None if math.isnan(whole) else round(whole, 2),
+        "overlap_work_factor": round(work, 3),
         "torch_threads": __import__("torch").get_num_threads(),
     }
     print(json.dumps(out, indent=2))
@@ -251,9 +269,16 @@ def cmd_child(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ceiling"]:
+        from pipelines.bench_ceiling import main as ceiling
+
+        ceiling(argv[1:])
+        return
     p = argparse.ArgumentParser(prog="python -m pipelines.bench_upscale", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("ceiling", help="streamed vs reference pipeline throughput (own options)")
     t = sub.add_parser("tiling", help="tiled vs whole-image PSNR and seam scores")
     t.add_argument("--model", default=None, help="weights name/path, or 'random'")
     t.add_argument("--scale", type=int, default=4)
@@ -263,7 +288,10 @@ def main(argv: list[str] | None = None) -> None:
     o = sub.add_parser("overhead", help="model-only vs end-to-end time")
     o.add_argument("--model", default=None)
     o.add_argument("--scale", type=int, default=4)
-    o.add_argument("--size", type=int, default=384)
+    o.add_argument("--size", type=int, default=384,
+                   help=f"LR side; above {GENERATED_ABOVE} a generated texture, not a crop")
+    o.add_argument("--whole", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time one whole-image model call (memory grows with the size)")
     r = sub.add_parser("rss", help="peak RSS vs scene size")
     r.add_argument("--model", default="nearest")
     r.add_argument("--scale", type=int, default=2)
