@@ -120,9 +120,10 @@ def _tune_malloc_for(opts: RunOptions) -> None:
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar over scenes on stderr (default: when stderr is a terminal).")
 @cli_options.process_options
+@cli_options.placement_opt
 def batch(sources: Sequence[str], out_dir: str, force: bool, progress: bool | None,
           quiet: bool, workers: int | None, scheduler: str | None, gpu: bool,
-          **_: Any) -> None:
+          placement: str, **_: Any) -> None:
     """Super-resolve every scene of SOURCES (paths or quoted globs) into --out-dir.
 
     Up-to-date outputs (same provenance tags) are skipped, so an interrupted batch
@@ -136,7 +137,7 @@ def batch(sources: Sequence[str], out_dir: str, force: bool, progress: bool | No
     if quiet:
         progress = False
     report = run_batch(list(sources), out_dir, options=opts, force=force, workers=workers,
-                       scheduler=scheduler, gpu=gpu, progress=progress)
+                       scheduler=scheduler, gpu=gpu, placement=placement, progress=progress)
     if not quiet:
         click.echo(f"{report.manifest}: {report.summary()}", err=True)
     for r in report.failed:
@@ -183,6 +184,7 @@ def info(src: str, scale: int, model: str | None, bands: str | None, tile_size: 
         + (" (8-view self-ensemble, ~8x model time)" if d["ensemble"] else "")
         + (f"  [{d['model_note']}]" if d["model_note"] else ""),
     ]
+    lines += _training_lines(d.get("model_training"))
     for b in d["bands"]:
         lines.append(f"band {b['band']:>3}:   {b['colorinterp']:<10} {b['mapping']}"
                      + (f"  {b['method']}" if b["method"] != "model" else ""))
@@ -203,17 +205,29 @@ def info(src: str, scale: int, model: str | None, bands: str | None, tile_size: 
 @cli.command()
 @click.argument("src")
 @click.argument("dst")
+@click.option("--uncertainty", "uncertainty", default=None, metavar="U.tif",
+              help="DST's uncertainty map (geosr upscale --ensemble --uncertainty): report "
+                   "the share of pixels whose disagreement exceeds the threshold.")
+@click.option("--uncertainty-threshold", default="2%", show_default=True, metavar="X",
+              help="Disagreement threshold: a percentage of each band's range (2%) or a "
+                   "value in output units (5).")
+@click.option("--reference", default=None, metavar="HR.tif",
+              help="A reference raster on DST's grid: PSNR/SSIM of DST and of bicubic, and "
+                   "the correct/omitted/hallucinated detail split.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def qa(src: str, dst: str, as_json: bool) -> None:
+def qa(src: str, dst: str, uncertainty: str | None, uncertainty_threshold: str,
+       reference: str | None, as_json: bool) -> None:
     """Check DST (a geosr output) against its source SRC and judge it.
 
     Exit status 0 (pass), 3 (warn) or 1 (fail: not made from SRC, or beyond the
-    thresholds); the verdict and its reasons are also one line on stderr.
+    thresholds); the verdict and its reasons are also one line on stderr. The
+    uncertainty share can only warn; the reference metrics inform, never judge.
     """
     from geosr.errors import GeosrError
     from geosr.qa import EXIT_CODES, qa_report
 
-    report = qa_report(src, dst)
+    report = qa_report(src, dst, uncertainty=uncertainty,
+                       uncertainty_threshold=uncertainty_threshold, reference=reference)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
     reasons = "; ".join(report.reasons or [])
     if report.verdict == "fail":
@@ -221,6 +235,22 @@ def qa(src: str, dst: str, as_json: bool) -> None:
     if report.verdict == "warn":
         warnings.warn(f"qa: {dst}: {reasons}", GeosrWarning, stacklevel=1)
         raise click.exceptions.Exit(EXIT_CODES["warn"])
+
+
+def _training_lines(rec: dict[str, Any] | None) -> list[str]:
+    """``geosr info``'s lines on what the model was trained on and tested with."""
+    if not rec:
+        return []
+    deg = rec["degradation"]
+    kinds = ("MATLAB bicubic (the SR benchmark protocol)" if set(deg) == {"bicubic"} else
+             "a mixture: " + ", ".join(f"{k} {w / sum(deg.values()):.0%}" for k, w in deg.items()))
+    data = " -> ".join(" + ".join(s) for s in rec["trained_on"]) or "unrecorded data"
+    lines = [f"trained:    on {data}" + (f" ({rec['date']})" if rec.get("date") else ""),
+             f"            LR made by {kinds}"]
+    for ds, scores in rec["tested_on"].items():
+        lines.append(f"tested:     {ds}: " + ", ".join(f"{deg} LR {p:.2f} dB"
+                                                     for deg, p in scores.items()))
+    return lines
 
 
 def run(argv: Sequence[str] | None = None) -> int:

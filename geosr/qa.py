@@ -12,6 +12,8 @@
   as percentages.
 * Provenance: the output must have been made from this source: its GEOSR_SOURCE
   name, its CRS and its bounds (those of the recorded source window) are compared.
+* Optional (``geosr.qa_reference``): ensemble disagreement above a threshold; PSNR, SSIM
+  and the opensr-test detail split against a reference raster (never judged).
 
 A verdict judges the numbers against ``THRESHOLDS``: ``pass``, ``warn`` or ``fail``
 (a provenance mismatch always fails); ``geosr qa`` exits 0, 3 or 1 accordingly.
@@ -28,10 +30,11 @@ from typing import Any
 import numpy as np
 from rasterio.windows import Window
 
+from geosr import qa_reference as qr
 from geosr.errors import InputError
 from geosr.io import read_window
 from geosr.masks import describe_masks, read_valid
-from geosr.tiling import TileGrid
+from geosr.tiling import make_grid
 
 
 class SeamAccumulator:
@@ -136,6 +139,7 @@ THRESHOLDS: dict[str, tuple[float, float]] = {
     "seam_score": (2.0, 4.0),
     "clipped_excess_percent": (1.0, 10.0),
     "nodata_percent_increase": (1.0, 10.0),
+    "uncertain_percent": (10.0, math.inf),  # informs: at most a warning
 }
 #: Exit status of ``geosr qa`` by verdict.
 EXIT_CODES = {"pass": 0, "warn": 3, "fail": 1}
@@ -165,6 +169,7 @@ class QAReport:
         mismatches: Provenance checks that failed (source name, CRS, bounds).
         verdict: ``pass``, ``warn`` or ``fail``.
         reasons: Why the verdict is not ``pass``.
+        uncertainty, reference: ``qa_reference`` results, when asked for.
     """
 
     src: str
@@ -185,6 +190,8 @@ class QAReport:
     mismatches: list[str] | None = None
     verdict: str = "pass"
     reasons: list[str] | None = None
+    uncertainty: qr.UncertaintyShare | None = None
+    reference: qr.ReferenceMetrics | None = None
 
     def judge(self) -> QAReport:
         """Set ``verdict`` and ``reasons`` from ``THRESHOLDS`` and the provenance checks."""
@@ -196,6 +203,8 @@ class QAReport:
                                        if self.clipped_percent is not None else math.nan),
             "nodata_percent_increase": 100 * (self.nodata_fraction_dst
                                               - self.nodata_fraction_src),
+            "uncertain_percent": (self.uncertainty.overall_percent
+                                  if self.uncertainty is not None else math.nan),
         }
         reasons = [f"not made from this source: {m}" for m in self.mismatches or []]
         verdict = "fail" if reasons else "pass"
@@ -212,8 +221,9 @@ class QAReport:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if isinstance(d["seam_score"], float) and math.isnan(d["seam_score"]):
-            d["seam_score"] = None
+        d["seam_score"] = None if math.isnan(self.seam_score) else self.seam_score
+        for k in ("uncertainty", "reference"):
+            d[k] = None if getattr(self, k) is None else getattr(self, k).to_dict()
         return d
 
     def format(self) -> str:
@@ -237,6 +247,8 @@ class QAReport:
             f"clipped pixels:  {clipped}",
             f"nodata:          source {100 * self.nodata_fraction_src:.2f}%, "
             f"output {100 * self.nodata_fraction_dst:.2f}%",
+            *(self.uncertainty.lines() if self.uncertainty is not None else []),
+            *(self.reference.lines() if self.reference is not None else []),
             f"verdict:         {verdict}",
         ])
 
@@ -247,33 +259,37 @@ def _int_list(text: str | None) -> list[int] | None:
     return [int(t) for t in text.split(",") if t.strip()]
 
 
-def qa_report(src: str | Path, dst: str | Path, *, strip_rows: int = 128) -> QAReport:
+def qa_report(src: str | Path, dst: str | Path, *, strip_rows: int = 128,
+              uncertainty: str | Path | None = None,
+              uncertainty_threshold: str | float = qr.DEFAULT_UNCERTAINTY_THRESHOLD,
+              reference: str | Path | None = None) -> QAReport:
     """Compare a geosr output with its source (see the module docstring).
 
     Args:
         src: The source raster.
         dst: The super-resolved raster.
         strip_rows: Input rows per streaming strip.
+        uncertainty: DST's uncertainty map (``--uncertainty`` of ``geosr upscale``).
+        uncertainty_threshold: ``"X%"`` of each band's range, or output units.
+        reference: A reference raster on DST's grid (``qa_reference.reference_metrics``).
 
     Raises:
         InputError: unreadable files or an output that does not match the source.
+        OptionError: a bad ``uncertainty_threshold``.
     """
     from geosr.io import open_source
 
+    qr.parse_threshold(uncertainty_threshold)  # a bad option fails before any reading
     with open_source(src) as s_ds, open_source(dst) as d_ds:
         tags = d_ds.tags()
         window_vals = _int_list(tags.get("GEOSR_SOURCE_WINDOW"))
-        if window_vals and len(window_vals) == 4:
-            window = Window(*window_vals)
-        else:
-            window = Window(0, 0, s_ds.width, s_ds.height)
+        has_window = window_vals and len(window_vals) == 4
+        window = Window(*window_vals) if has_window else Window(0, 0, s_ds.width, s_ds.height)
         w, h = int(window.width), int(window.height)
         scale = int(tags["GEOSR_SCALE"]) if "GEOSR_SCALE" in tags else d_ds.width // max(w, 1)
         if scale < 2 or d_ds.width != w * scale or d_ds.height != h * scale:
-            raise InputError(
-                f"{dst} ({d_ds.width} x {d_ds.height}) is not {src} window {w} x {h} "
-                f"upscaled by an integer factor"
-            )
+            raise InputError(f"{dst} ({d_ds.width} x {d_ds.height}) is not {src} window "
+                             f"{w} x {h} upscaled by an integer factor")
         bands = _int_list(tags.get("GEOSR_BANDS")) or list(
             range(1, min(s_ds.count, d_ds.count) + 1))
         n = len(bands)
@@ -285,11 +301,9 @@ def qa_report(src: str | Path, dst: str | Path, *, strip_rows: int = 128) -> QAR
         mismatches = _provenance_mismatches(s_ds, d_ds, tags, window, src)
         tile = int(tags.get("GEOSR_TILE_SIZE", 0) or 0)
         overlap = int(tags.get("GEOSR_OVERLAP", 0) or 0)
-        if tile:
-            grid = TileGrid(h, w, tile, overlap)
-            rows, cols = grid.border_positions(scale)
-        else:
-            rows, cols = (), ()
+        neural = tags.get("GEOSR_WEIGHTS_SHA256", "none") != "none"  # networks grow tiles
+        rows, cols = (make_grid(h, w, tile, overlap, neural=neural, scale=scale)
+                      .border_positions(scale) if tile else ((), ()))
         seams = SeamAccumulator(rows, cols, scale)
         s_mask = describe_masks(s_ds, tuple(bands))
         d_bands = tuple(range(1, n + 1))
@@ -336,8 +350,14 @@ def qa_report(src: str | Path, dst: str | Path, *, strip_rows: int = 128) -> QAR
         with np.errstate(invalid="ignore", divide="ignore"):
             mae = (abs_sum / count).tolist()
             mae_phys = (abs_phys / count).tolist()
-        ranges = _ranges(tags.get("GEOSR_RADIOMETRY"), s_ds.dtypes[bands[0] - 1], n)
+        ranges = qr.band_ranges(tags.get("GEOSR_RADIOMETRY"), s_ds.dtypes[bands[0] - 1], n)
         clipped = _int_list(tags.get("GEOSR_CLIPPED"))
+        unc = None if uncertainty is None else qr.uncertainty_share(
+            uncertainty, d_ds, n=n, ranges=ranges, threshold=uncertainty_threshold,
+            d_mask=d_mask)
+        ref = None if reference is None else qr.reference_metrics(
+            reference, s_ds, d_ds, window=window, bands=bands, scale=scale, ranges=ranges,
+            s_mask=s_mask, d_mask=d_mask)
         return QAReport(
             src=str(src), dst=str(dst), scale=scale, bands=list(bands),
             mae=[float(v) for v in mae], mae_physical=[float(v) for v in mae_phys],
@@ -351,25 +371,8 @@ def qa_report(src: str | Path, dst: str | Path, *, strip_rows: int = 128) -> QAR
             clipped_percent=(100 * sum(clipped) / max(1, n * w * h * scale * scale)
                              if clipped is not None else None),
             saturated_percent=100 * sat_src / max(1, n * w * h),
-            mismatches=mismatches,
+            mismatches=mismatches, uncertainty=unc, reference=ref,
         ).judge()
-
-
-def _ranges(text: str | None, dtype: str, n: int) -> list[float]:
-    """Width of each band's radiometric range: the run's recorded mapping, else the
-    range of the sample type (1 for floats)."""
-    import json
-
-    try:
-        pairs = json.loads(text) if text else None
-        widths = [float(hi) - float(lo) for lo, hi in pairs] if pairs else []
-    except (ValueError, TypeError):
-        widths = []
-    if len(widths) != n or not all(math.isfinite(v) and v > 0 for v in widths):
-        dt = np.dtype(dtype)
-        full = float(np.iinfo(dt).max) - float(np.iinfo(dt).min) if dt.kind in "iu" else 1.0
-        widths = [full] * n
-    return widths
 
 
 def _provenance_mismatches(s_ds: Any, d_ds: Any, tags: dict[str, str], window: Window,

@@ -59,7 +59,7 @@ class SpreadWriter:
 
     def __init__(self, path: Any, plan: Plan, mappings: tuple[BandMapping, ...], *,
                  tags: dict[str, Any], creation_options: dict[str, str],
-                 block: int | None) -> None:
+                 block: tuple[int | None, int | None]) -> None:
         self.plan = plan
         self.mappings = mappings
         out_h, out_w = plan.out_shape

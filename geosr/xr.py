@@ -24,6 +24,12 @@ pipeline's (fixed range for 8-bit data, else the min/max of the valid pixels, a
 lazy reduction). The result has x/y coordinates at the new resolution, the CRS,
 transform (``input transform x Affine.scale(1/scale)``), nodata and attributes of
 the input, plus the ``GEOSR_*`` provenance attributes.
+
+``ensemble=True`` runs the model as its 8-view self-ensemble (as ``--ensemble``);
+``uncertainty=True`` also carries the views' spread through the same graph (each
+tile's prediction and spread blended together, as the file pipeline does for
+``--uncertainty``) and returns an ``xarray.Dataset`` of two variables, ``sr`` and
+``uncertainty``, on the same coordinates.
 """
 
 from __future__ import annotations
@@ -39,13 +45,19 @@ from affine import Affine
 from geosr.bands import band_groups
 from geosr.blend import UnitBlender
 from geosr.engine import ModelWork, finish_unit, predict_tiles, prepare_tile
-from geosr.errors import InputError
+from geosr.ensemble import with_ensemble
+from geosr.errors import InputError, OptionError
 from geosr.masks import MaskInfo, valid_from_data
 from geosr.model_cache import ModelRef, worker_model
-from geosr.models import Upscaler, default_model_spec, load_model
+from geosr.models import Upscaler, default_model_spec, describe_model, load_model
 from geosr.options import SUPPORTED_DTYPES, RunOptions
 from geosr.radiometry import FIXED_RANGE_DTYPES, BandMapping, choose_mappings
-from geosr.tiling import Tile, TileGrid
+from geosr.spread import BAND_MEANING, spread_to_units
+from geosr.tiling import Tile, make_grid
+
+#: Stands in for ``RunOptions.uncertainty`` (a file for the CLI): the accessor returns
+#: the spread as a Dataset variable, but the options still check it needs the ensemble.
+_IN_MEMORY = "<xarray Dataset variable>"
 
 
 def _mappings(dtype: str, scales: tuple[float, ...], offsets: tuple[float, ...],
@@ -68,18 +80,20 @@ def _predict_chunk(model: Upscaler | ModelRef, work: ModelWork,
     m = worker_model(model) if isinstance(model, ModelRef) else model
     xs = [x for x, _ in prepared]
     outs, _ = predict_tiles(m, work, xs, [bool(v.any()) for _, v in prepared])
-    s = work.scale
-    return [o if o is not None else np.zeros((x.shape[0], x.shape[1] * s, x.shape[2] * s),
-                                             dtype=np.float32)
+    s, k = work.scale, 2 if work.spread else 1
+    return [o if o is not None else np.zeros((k * x.shape[0], x.shape[1] * s,
+                                              x.shape[2] * s), dtype=np.float32)
             for o, x in zip(outs, xs, strict=True)]
 
 
 def _unit(scale: int, tiles: list[Tile], preds: list[np.ndarray],
           prepared: tuple[np.ndarray, np.ndarray], mappings: tuple[BandMapping, ...],
-          dtype: str, nodata: float | None, consistency: str) -> np.ndarray:
-    """Final values of the unit of ``tiles[-1]``; ``tiles`` are it and its earlier
-    neighbours in row-major order, so the blender adds their patches in the same order
-    as the streaming writer does (bit-identical sums)."""
+          dtype: str, nodata: float | None, consistency: str
+          ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Final values of the unit of ``tiles[-1]``, and its spread in stored units (NaN where
+    invalid) when the predictions carry one; ``tiles`` are it and its earlier neighbours
+    in row-major order, so the blender adds their patches in the same order as the
+    streaming writer does (bit-identical sums)."""
     blender = UnitBlender(scale)
     unit = None
     for t, p in zip(tiles, preds, strict=True):
@@ -87,13 +101,15 @@ def _unit(scale: int, tiles: list[Tile], preds: list[np.ndarray],
     assert unit is not None
     tile = tiles[-1]
     x, valid = prepared
+    c = x.shape[0]
     uh, uw = tile.rows.unit_size, tile.cols.unit_size
     ly, lx = tile.lead
-    data, _, _, _ = finish_unit(unit, valid[:, ly : ly + uh, lx : lx + uw],
-                                x[:, ly : ly + uh, lx : lx + uw], mappings=mappings,
-                                dtype=dtype, scale=scale, nodata=nodata,
-                                consistency=consistency)
-    return data
+    data, valid_hr, _, _ = finish_unit(unit[:c], valid[:, ly : ly + uh, lx : lx + uw],
+                                       x[:, ly : ly + uh, lx : lx + uw], mappings=mappings,
+                                       dtype=dtype, scale=scale, nodata=nodata,
+                                       consistency=consistency)
+    spread = spread_to_units(unit[c:], valid_hr, mappings) if unit.shape[0] > c else None
+    return data, spread
 
 
 def _out_coords(coord: np.ndarray, step: float, scale: int) -> np.ndarray:
@@ -105,7 +121,8 @@ def _out_coords(coord: np.ndarray, step: float, scale: int) -> np.ndarray:
 def upscale_dataarray(da: xr.DataArray, *, scale: int, model: str | Upscaler | None = None,
                       tile_size: int | None = None, overlap: int | None = None,
                       batch_size: int | None = None, device: str = "auto",
-                      consistency: str = "none") -> xr.DataArray:
+                      consistency: str = "none", ensemble: bool = False,
+                      uncertainty: bool = False) -> xr.DataArray | xr.Dataset:
     """Super-resolve a (band, y, x) or (y, x) DataArray by ``scale``, lazily.
 
     Args:
@@ -114,10 +131,21 @@ def upscale_dataarray(da: xr.DataArray, *, scale: int, model: str | Upscaler | N
         scale: 2, 3 or 4.
         model: As ``geosr.upscale``.
         tile_size, overlap, batch_size, device, consistency: As ``geosr.upscale``.
+        ensemble: Run the model as its 8-view self-ensemble (``--ensemble``; ~8x the
+            model time).
+        uncertainty: Also return the ensemble's per-pixel spread (needs ``ensemble``):
+            the same pixels as ``geosr upscale --ensemble --uncertainty U.tif``.
 
     Returns:
-        A DataArray ``scale`` times larger along y and x, same dtype, dask-backed if
-        ``da`` is (chunks = tile units x scale), with CRS, transform and nodata set.
+        Without ``uncertainty``: a DataArray ``scale`` times larger along y and x, same
+        dtype, dask-backed if ``da`` is (chunks = tile units x scale), with CRS,
+        transform, nodata and the ``GEOSR_*`` attributes. With ``uncertainty``: an
+        ``xarray.Dataset`` holding that DataArray as ``sr`` and, as ``uncertainty``,
+        the population std of the 8 views' predictions, float32 in the output's stored
+        units (the model-range std times the mapping's ``hi - lo``), NaN where ``sr`` is
+        nodata, with the same coordinates, CRS and transform, nodata NaN and the
+        attribute ``GEOSR_BAND_MEANING``. It marks where the views disagree; it is not
+        an error estimate (docs/ENSEMBLE.md).
 
     Raises:
         GeosrError: bad options, dimensions or dtype.
@@ -126,9 +154,12 @@ def upscale_dataarray(da: xr.DataArray, *, scale: int, model: str | Upscaler | N
     import dask.array as dsa
     import rioxarray  # noqa: F401 - registers the .rio accessor
 
+    if not isinstance(uncertainty, bool):
+        raise OptionError(f"uncertainty must be true or false, got {uncertainty!r}")
     opts = RunOptions.from_kwargs(scale=scale, model=model, tile_size=tile_size,
                                   overlap=overlap, batch_size=batch_size, device=device,
-                                  consistency=consistency)
+                                  consistency=consistency, ensemble=ensemble,
+                                  uncertainty=_IN_MEMORY if uncertainty else None)
     scale, tile_size, batch_size = opts.scale, opts.tile_size, opts.batch_size
     squeeze = da.ndim == 2
     if squeeze:
@@ -145,10 +176,11 @@ def upscale_dataarray(da: xr.DataArray, *, scale: int, model: str | Upscaler | N
     info = MaskInfo("nodata", nodata=nodata) if nodata is not None else MaskInfo("none")
     if model is None:
         model, _ = default_model_spec(scale)
-    upscaler = load_model(model, scale, device=opts.device)
+    upscaler = with_ensemble(load_model(model, scale, device=opts.device), opts.ensemble)
     # Tasks reach the model through a tiny reference when it has a name (each process
     # loads it once); an object is one node of the graph, shipped once per worker.
-    ref: Any = (ModelRef.for_spec(model, scale, opts.device, upscaler.sha256)
+    ref: Any = (ModelRef.for_spec(model, scale, opts.device, upscaler.sha256,
+                                  ensemble=opts.ensemble)
                 if isinstance(model, str)
                 else dask.delayed(upscaler, pure=False))
     lazy = da.chunks is not None
@@ -166,8 +198,11 @@ def upscale_dataarray(da: xr.DataArray, *, scale: int, model: str | Upscaler | N
                                            dsa.nanmin(masked, axis=(1, 2)),
                                            dsa.nanmax(masked, axis=(1, 2)))
 
-    grid = TileGrid(h, w, tile_size, opts.overlap)
-    work = ModelWork(scale, band_groups(c, upscaler.in_channels, ()), batch_size)
+    described = describe_model(upscaler, scale)  # the same grid as the file pipeline's
+    grid = make_grid(h, w, tile_size, opts.overlap, neural=described.neural,
+                     multiple=described.size_multiple, scale=scale)
+    work = ModelWork(scale, band_groups(c, upscaler.in_channels, ()), batch_size,
+                     spread=uncertainty)
     tiles = list(grid)
     prepared = {}
     for t in tiles:
@@ -183,21 +218,25 @@ def upscale_dataarray(da: xr.DataArray, *, scale: int, model: str | Upscaler | N
             preds[(t.row, t.col)] = out[k]
     rows, cols = grid.shape
     by_pos = {(t.row, t.col): t for t in tiles}
-    blocks = []
+    blocks: list[list[Any]] = []
+    spread_blocks: list[list[Any]] = []
     for r in range(rows):
-        line = []
+        line, spread_line = [], []
         for q in range(cols):
             keys = [k for k in ((r - 1, q - 1), (r - 1, q), (r, q - 1), (r, q)) if k in by_pos]
             tile = by_pos[(r, q)]
-            unit = dask.delayed(_unit)(scale, [by_pos[k] for k in keys],
-                                       [preds[k] for k in keys], prepared[(r, q)], mappings,
-                                       dtype, nodata, opts.consistency)
+            unit = dask.delayed(_unit, nout=2)(scale, [by_pos[k] for k in keys],
+                                               [preds[k] for k in keys], prepared[(r, q)],
+                                               mappings, dtype, nodata, opts.consistency)
             shape = (c, tile.rows.unit_size * scale, tile.cols.unit_size * scale)
-            line.append(dsa.from_delayed(unit, shape=shape, dtype=dtype))
+            line.append(dsa.from_delayed(unit[0], shape=shape, dtype=dtype))
+            spread_line.append(dsa.from_delayed(unit[1], shape=shape, dtype=np.float32))
         blocks.append(line)
+        spread_blocks.append(spread_line)
     result = dsa.block(blocks)
-    if not lazy:
-        result = result.compute(scheduler="synchronous")
+    spread = dsa.block(spread_blocks) if uncertainty else None
+    if not lazy:  # one run of the graph for both arrays
+        result, spread = dask.compute(result, spread, scheduler="synchronous")
 
     transform = da.rio.transform()
     out_transform = transform @ Affine.scale(1 / scale)
@@ -206,16 +245,30 @@ def upscale_dataarray(da: xr.DataArray, *, scale: int, model: str | Upscaler | N
         ydim: _out_coords(da.coords[ydim].values, transform.e, scale),
         xdim: _out_coords(da.coords[xdim].values, transform.a, scale),
     }
+    tags = opts.tags(upscaler)
     out = xr.DataArray(result, dims=da.dims, coords=coords, name=da.name)
     out.attrs = {k: v for k, v in da.attrs.items()
                  if not str(k).startswith("STATISTICS_") and k != "_FillValue"}
-    out.attrs.update(opts.tags(upscaler))
+    out.attrs.update(tags)
+    out = _georeferenced(out, da, out_transform, nodata)
+    if spread is None:
+        return out.squeeze("band", drop=True) if squeeze else out
+    unc = xr.DataArray(spread, dims=da.dims, coords=coords, name="uncertainty",
+                       attrs={**tags, "GEOSR_BAND_MEANING": BAND_MEANING})
+    unc = _georeferenced(unc, da, out_transform, float("nan"))
+    ds = xr.Dataset({"sr": out, "uncertainty": unc}, attrs=dict(tags))
+    return ds.squeeze("band", drop=True) if squeeze else ds
+
+
+def _georeferenced(out: xr.DataArray, da: xr.DataArray, transform: Affine,
+                   nodata: float | None) -> xr.DataArray:
+    """``out`` with ``da``'s CRS, ``transform`` and ``nodata`` written (rioxarray)."""
     if da.rio.crs is not None:
         out = out.rio.write_crs(da.rio.crs)
-    out = out.rio.write_transform(out_transform)
+    out = out.rio.write_transform(transform)
     if nodata is not None:
         out = out.rio.write_nodata(nodata, encoded=False)
-    return out.squeeze("band", drop=True) if squeeze else out
+    return out
 
 
 @xr.register_dataarray_accessor("geosr")
@@ -226,7 +279,7 @@ class GeosrAccessor:
         self._da = da
 
     @functools.wraps(upscale_dataarray)
-    def upscale(self, **kwargs: Any) -> xr.DataArray:
+    def upscale(self, **kwargs: Any) -> xr.DataArray | xr.Dataset:
         return upscale_dataarray(self._da, **kwargs)
 
     # help() and IDEs show the wrapped function's keywords, less ``da``.

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import rasterio
+import xarray
 from affine import Affine
 
 rioxarray = pytest.importorskip("rioxarray")
@@ -50,7 +51,9 @@ def test_accessor_equals_file_pipeline(tmp_path: Path, dtype: str, model: str) -
     da = rioxarray.open_rasterio(src, chunks={"x": 40, "y": 25})  # awkward chunks
     out = da.geosr.upscale(scale=2, model=m, **TILING)
     assert isinstance(out.data, dask_array.Array)  # lazy
-    assert out.chunks[1][0] == (32 - 8) * 2  # one output block per tile unit
+    # One output block per tile unit; LGUN's rows grow to tiles of 40 (core 32 x 2 is a
+    # multiple of 16): 61 rows in two tiles instead of three of 32.
+    assert out.chunks[1][0] == ((40 if model == "tiny-lgun" else 32) - 8) * 2
     values = out.values
     assert values.dtype == ref.dtype and values.shape == ref.shape
     np.testing.assert_array_equal(values, ref)  # bit for bit, NaN where invalid
@@ -142,3 +145,56 @@ def test_bound_accessor_method_signature() -> None:
     full = inspect.signature(geosr.xr.upscale_dataarray)
     expected = full.replace(parameters=list(full.parameters.values())[1:])
     assert inspect.signature(xarray.DataArray(np.zeros((2, 2))).geosr.upscale) == expected
+
+
+def test_uncertainty_dataset_equals_the_cli_files(tmp_path: Path) -> None:
+    """``ensemble=True, uncertainty=True``: the pixels of ``geosr upscale --ensemble
+    --uncertainty`` (shipped weights by name, so workers take the ``ModelRef`` path)."""
+    from geosr.cli import run
+
+    src = make_raster(tmp_path / "s.tif", (3, 36, 40), seed=2, gain=250, offset=1, nodata=0,
+                      hole=(slice(3, 6), slice(4, 9)))
+    dst, unc = tmp_path / "o.tif", tmp_path / "u.tif"
+    assert run(["upscale", str(src), "-o", str(dst), "-s", "2", "-m", "lgun-x2", "--ensemble",
+                "--uncertainty", str(unc), "--tile-size", "24", "--overlap", "4", "-q"]) == 0
+    da = rioxarray.open_rasterio(src, chunks={"x": 11, "y": 7})
+    ds = da.geosr.upscale(scale=2, model="lgun-x2", ensemble=True, uncertainty=True,
+                          tile_size=24, overlap=4)
+    assert isinstance(ds, xarray.Dataset) and set(ds.data_vars) == {"sr", "uncertainty"}
+    assert isinstance(ds.uncertainty.data, dask_array.Array)  # lazy
+    values = ds.compute()
+    with rasterio.open(dst) as d, rasterio.open(unc) as u:
+        np.testing.assert_array_equal(values.sr.values, d.read())
+        np.testing.assert_array_equal(values.uncertainty.values, u.read())  # NaN where invalid
+        assert ds.uncertainty.rio.transform() == u.transform == ds.sr.rio.transform()
+        assert ds.uncertainty.rio.crs == u.crs
+        assert u.tags()["GEOSR_BAND_MEANING"] == ds.uncertainty.attrs["GEOSR_BAND_MEANING"]
+    spread = values.uncertainty.values
+    assert spread.dtype == np.float32 and np.isnan(ds.uncertainty.rio.nodata)
+    assert np.isnan(spread[:, 6:12, 8:18]).all() and np.nanmax(spread) > 0.5  # stored units
+    assert ds.sr.attrs["GEOSR_MODEL"] == ds.attrs["GEOSR_MODEL"] == "lgun-x2+ensemble"
+
+
+def test_uncertainty_with_a_model_object_float_and_two_dimensions(tmp_path: Path) -> None:
+    net = tiny_lgun(2, seed=1)
+    src = _raster(tmp_path, "float32", shape=(1, 30, 34))
+    upscale(src, tmp_path / "o.tif", scale=2, model=net, ensemble=True,
+            uncertainty=tmp_path / "u.tif", **TILING)
+    da = rioxarray.open_rasterio(src).squeeze("band", drop=True)  # numpy-backed, (y, x)
+    ds = da.geosr.upscale(scale=2, model=net, ensemble=True, uncertainty=True, **TILING)
+    assert ds.sr.dims == ds.uncertainty.dims == ("y", "x")
+    assert isinstance(ds.uncertainty.data, np.ndarray)
+    with rasterio.open(tmp_path / "o.tif") as d, rasterio.open(tmp_path / "u.tif") as u:
+        np.testing.assert_array_equal(ds.sr.values, d.read(1))
+        np.testing.assert_array_equal(ds.uncertainty.values, u.read(1))
+    plain = da.geosr.upscale(scale=2, model=net, ensemble=True, **TILING)
+    assert isinstance(plain, xarray.DataArray)  # without uncertainty: the usual DataArray
+    np.testing.assert_array_equal(plain.values, ds.sr.values)
+
+
+def test_uncertainty_needs_the_ensemble(tmp_path: Path) -> None:
+    da = rioxarray.open_rasterio(_raster(tmp_path, "uint8", shape=(1, 20, 20)))
+    with pytest.raises(OptionError, match="ensemble"):
+        da.geosr.upscale(scale=2, model="nearest", uncertainty=True)
+    with pytest.raises(OptionError, match="true or false"):
+        da.geosr.upscale(scale=2, model="nearest", ensemble=True, uncertainty="u.tif")
