@@ -33,7 +33,13 @@ from geosr.io import (
     translate_to_cog,
 )
 from geosr.limits import check_limits
-from geosr.models import Upscaler, default_model_spec, describe_model, load_model
+from geosr.models import (
+    Upscaler,
+    default_model_spec,
+    describe_model,
+    load_model,
+    model_record,
+)
 from geosr.options import RunOptions
 from geosr.plan import compute_mappings, info_report, make_plan, source_tags
 from geosr.profile import source_georef_kind
@@ -125,7 +131,8 @@ def upscale(
     with rasterio.Env(**gdal_env_options()), open_source(src) as ds:
         if ds.count == 0:
             raise InputError(f"{src} has no bands")
-        plan = make_plan(ds, opts, in_channels=info.in_channels)
+        plan = make_plan(ds, opts, in_channels=info.in_channels, neural=info.neural,
+                         size_multiple=info.size_multiple)
         check_limits(plan, opts, in_channels=info.in_channels,
                      folder=dst_path.parent if str(dst_path.parent) else Path("."))
         # With a cluster the workers load the model on their own device; this process
@@ -208,7 +215,8 @@ def describe(src: str | Path, *, scale: int | None = None, model: str | None = N
 
     Returns:
         A JSON-serialisable dict: source, bands and mappings, masks, georeferencing,
-        band groups, tile grid, output size and a memory estimate.
+        band groups, tile grid, output size, a memory estimate, and what the model was
+        trained on and tested with (``model_training``: ``geosr.models.model_record``).
     """
     opts = options or RunOptions.from_kwargs(
         scale=scale, model=model, bands=bands, tile_size=tile_size, overlap=overlap,
@@ -221,8 +229,11 @@ def describe(src: str | Path, *, scale: int | None = None, model: str | None = N
         raise OptionError("describe takes a model name or path")
     info = describe_model(opts.model, opts.scale)
     with rasterio.Env(**gdal_env_options()), open_source(src) as ds:
-        plan = make_plan(ds, opts, in_channels=info.in_channels)
+        plan = make_plan(ds, opts, in_channels=info.in_channels, neural=info.neural,
+                         size_multiple=info.size_multiple)
         mappings = compute_mappings(ds, plan)
-        return info_report(str(src), ds, source_georef_kind(ds), plan, mappings, opts,
-                           model=opts.model, model_note=fallback,
-                           in_channels=info.in_channels)
+        report = info_report(str(src), ds, source_georef_kind(ds), plan, mappings, opts,
+                             model=opts.model, model_note=fallback,
+                             in_channels=info.in_channels)
+    report["model_training"] = model_record(opts.model)
+    return report

@@ -294,6 +294,36 @@ def describe_model(spec: str | Upscaler | None, scale: int) -> ModelInfo:
     return ModelInfo(spec, True, meta.scale, meta.in_channels)
 
 
+def model_record(spec: str) -> dict[str, Any] | None:
+    """What a weights spec was trained on and tested with, from its JSON (no torch).
+
+    Returns:
+        ``None`` for the weight-free methods; else ``trained_on`` (the source names of each
+        stage of the lineage, oldest first: ``[["natural"], ["aid150", "rsscn7"]]`` for a
+        fine-tune), ``degradation`` (LR kind -> weight, ``lgun.degrade.MIX_KINDS``),
+        ``tested_on`` (``{dataset: {degradation: Y-PSNR}}``, as recorded in the JSON) and
+        ``date`` of the training record.
+    """
+    if spec == "nearest" or spec in CLASSICAL:
+        return None
+    from lgun.pretrained import WeightsError as LgunWeightsError
+    from lgun.pretrained import weights_meta
+
+    try:
+        meta = weights_meta(spec)
+    except (LgunWeightsError, OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None  # describe_model, called first, reports unreadable weights
+    stages: list[list[str]] = []  # oldest first: the lineage's parents, then this run
+    rec: Any = meta.training
+    while isinstance(rec, dict):
+        names = [str(d.get("name")) for d in rec.get("data") or [] if isinstance(d, dict)]
+        if names and (not stages or stages[0] != names):
+            stages.insert(0, names)
+        rec = rec.get("parent")
+    return {"trained_on": stages, "degradation": meta.degradation,
+            "tested_on": meta.tested_on, "date": meta.training.get("date")}
+
+
 def default_model_spec(scale: int) -> tuple[str, str | None]:
     """The model to use when none is named, and a warning if it is a fallback.
 

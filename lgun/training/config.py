@@ -227,6 +227,8 @@ class PublishConfig:
         during: Also try to publish at every validation (needs ``eval.dataset == dataset``
             and ``eval.limit == 0``).
         dir: Where to publish ("" = ``lgun/weights``, the shipped weights).
+        storage: Tensor type of the published file: ``float16`` (half the size in git;
+            the evaluation does not move, see ``lgun.pretrained.save_weights``) or ``float32``.
     """
 
     SECTION: ClassVar[str] = "publish"
@@ -236,10 +238,13 @@ class PublishConfig:
     datasets: tuple[str, ...] = ("Set5", "Set14", "B100")
     during: bool = False
     dir: str = ""
+    storage: str = "float16"
 
     def __post_init__(self) -> None:
         check_types(self)
         require(bool(self.dataset), "publish.dataset must not be empty")
+        require(self.storage in ("float16", "float32"),
+                f"publish.storage must be float16 or float32, got {self.storage!r}")
 
 
 @dataclass(frozen=True)

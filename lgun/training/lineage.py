@@ -13,7 +13,7 @@ from typing import Any
 from lgun.pretrained import read_weights_meta
 from lgun.training.config import OPTIMIZERS, DataConfig, OptimConfig, ScheduleConfig
 
-__all__ = ["make_run_id", "parent_of", "training_record"]
+__all__ = ["degradation_record", "make_run_id", "parent_of", "training_record"]
 
 
 def make_run_id(name: str) -> str:
@@ -29,6 +29,16 @@ def parent_of(init_from: str) -> dict[str, Any] | None:
     return {"weights": init_from, "run_id": t.get("run_id"), "data": t.get("data"),
             "total_steps": t.get("total_steps", t.get("steps")), "scale": t.get("scale"),
             "parent": t.get("parent")}
+
+
+def degradation_record(data: DataConfig) -> dict[str, Any]:
+    """How the LR patches were made: the kind weights, and the parameters that apply."""
+    mix = data.degradation_mix()
+    rec: dict[str, Any] = {"weights": dict(mix.weights)}
+    if not mix.is_bicubic_only:
+        rec.update(psf_sigma=list(mix.psf_sigma), noise_std=mix.noise_std,
+                   jpeg_quality=mix.jpeg_quality, jpeg_prob=mix.jpeg_prob)
+    return rec
 
 
 def training_record(
@@ -49,6 +59,7 @@ def training_record(
     """The ``training`` record of weights saved after ``step`` steps of run ``run_id``."""
     return {"run_id": run_id, "data": [s.to_dict() for s in data.sources], "steps": step,
             "batch": data.batch_size, "patch": [hr_patch, hr_patch], "scale": scale,
+            "degradation": degradation_record(data),
             "recipe": {"optimizer": OPTIMIZERS[optim.name].__name__,
                        "betas": list(optim.betas),
                        "weight_decay": optim.weight_decay, "learning_rate": optim.learning_rate,

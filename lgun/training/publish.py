@@ -71,8 +71,9 @@ def _complete_metrics(path: Path, meta: dict[str, Any], pub: PublishConfig, scal
     for ds in missing:
         metrics[ds] = validate(published, ds, scale, device=device, data_root=data_root)
     keep = {k: v for k, v in meta.items()
-            if k not in ("name", "architecture", "config", "sha256", "metrics")}
-    save_weights(published, path, name=meta.get("name"), metadata={**keep, "metrics": metrics})
+            if k not in ("name", "architecture", "config", "sha256", "metrics", "storage")}
+    save_weights(published, path, name=meta.get("name"), metadata={**keep, "metrics": metrics},
+                 storage=meta.get("storage", "float32"))
     log.info("completed metrics of %s: %s", path, ", ".join(missing))
 
 
@@ -122,6 +123,7 @@ def publish(
     for ds in pub.datasets if complete else ():
         if ds not in metrics:
             metrics[ds] = validate(model, ds, scale, device=device, data_root=data_root)
-    save_weights(model, path, name=pub.name, metadata={"training": training, "metrics": metrics})
+    save_weights(model, path, name=pub.name, metadata={"training": training, "metrics": metrics},
+                 storage=pub.storage)
     log.info("published %s (%s %.3f dB; was %s)", path, pub.dataset, new, old)
     return True

@@ -219,3 +219,48 @@ def test_shipped_x2_beats_bicubic_on_set5(shared_data: Path) -> None:
     # The metrics in the JSON are what the evaluation gives.
     recorded = read_weights_meta("lgun-x2")["metrics"]["Set5"]
     assert recorded["psnr"] == pytest.approx(ours["psnr"], abs=1e-3)
+
+
+def test_weights_record_their_degradation_and_scores(tiny_data: Path, tmp_path: Path) -> None:
+    from lgun.pretrained import metric_key, weights_meta
+    from lgun.training.config import DataConfig
+    from lgun.training.lineage import degradation_record
+    from pipelines.record_metrics import main as record_main
+
+    mix = {"bicubic": 0.5, "box": 0.25, "psf": 0.25}
+    data = DataConfig(sources=(Source("t", (str(tiny_data / "train"),)),), degradation=mix)
+    rec = degradation_record(data)
+    assert rec["weights"] == mix and rec["psf_sigma"] == [0.3, 0.7]
+    assert degradation_record(DataConfig()) == {"weights": {"bicubic": 1.0}}
+    path = save_weights(LGUN(scale=2, **TINY), tmp_path / "w.safetensors",
+                        metadata={"training": {"degradation": rec, "data": [{"name": "t"}]},
+                                  "metrics": {"Set5": {"psnr": 30.0, "ssim": 0.9}}})
+    assert metric_key("aid150") == "aid150" and metric_key("aid150", "box") == "aid150@box"
+    assert record_main([str(path), "--dataset", str(tiny_data / "val"),
+                        "--degradation", "bicubic", "box", "--threads", "1"]) == 0
+    meta = weights_meta(path)
+    assert meta.degradation == mix
+    val = str(tiny_data / "val")
+    assert set(meta.tested_on) == {"Set5", val}
+    assert set(meta.tested_on[val]) == {"bicubic", "box"} and meta.tested_on["Set5"] == {
+        "bicubic": 30.0}
+    assert meta.metrics[f"{val}@box"]["degradation"] == "box"
+    assert weights_meta("lgun-x2").degradation == {"bicubic": 1.0}  # records before the field
+
+
+def test_half_storage_loads_back_as_float32(tmp_path: Path) -> None:
+    from lgun.pretrained import load_weights
+
+    model = LGUN(scale=2, **TINY)
+    a = save_weights(model, tmp_path / "a.safetensors")
+    b = save_weights(model, tmp_path / "b.safetensors", storage="float16")
+    assert b.stat().st_size < 0.6 * a.stat().st_size
+    loaded, meta = load_weights(b)
+    assert meta.extra["storage"] == "float16"
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    x = torch.rand(1, 3, 12, 12)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model.eval()(x), atol=2e-3)
+    with pytest.raises(ValueError, match="storage"):
+        save_weights(model, tmp_path / "c.safetensors", storage="bfloat16")
+    assert PublishConfig().storage == "float16"

@@ -29,7 +29,8 @@ def test_cli_overrides(tmp_path: Path) -> None:
 
 
 def test_recipes_load_and_do_not_publish_by_default() -> None:
-    assert {p.name for p in RECIPES} >= {"natural.toml", "aerial.toml", "gpu_window.toml"}
+    assert {p.name for p in RECIPES} >= {"natural.toml", "aerial.toml", "aerial_sensor.toml",
+                                         "gpu_window.toml"}
     for path in RECIPES:
         cfg = load_config(path)
         assert cfg.publish.name == "", path.name  # publishing is asked for with --set
@@ -48,6 +49,11 @@ def test_per_scale_overrides_of_the_recipes(scale: int) -> None:
                           f"publish.name=lgun-aid-x{scale}"])
     assert aerial.eval.dataset == aerial.publish.dataset == "aid150"
     assert [s.weight for s in aerial.data.sources] == [0.7, 0.3]
+    sensor = load_config(CONFIGS / "aerial_sensor.toml",
+                         [f"scale={scale}", f"init_from=lgun-aid-x{scale}"])
+    assert [s.name for s in sensor.data.sources] == ["aid150", "rsscn7", "natural"]
+    assert set(sensor.data.degradation) == {"bicubic", "box", "psf", "psf_bicubic"}
+    assert sensor.data.patch_size % scale == 0
     other = {2: 3, 3: 4, 4: 2}[scale]
     with pytest.raises(ValueError, match="scale"):  # a shipped name of another scale
         load_config(CONFIGS / "natural.toml", [f"scale={scale}", f"publish.name=lgun-x{other}"])
