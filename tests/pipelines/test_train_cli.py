@@ -70,3 +70,26 @@ def test_bad_key_is_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([str(CONFIGS / "natural.toml"), "--set", "optim.lr=1e-4", "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "optim.lr" in err
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("recipe", [p for p in RECIPES if p.name != "gpu_window.toml"],
+                         ids=lambda p: p.name)
+def test_every_source_of_a_recipe_has_images_for_its_patches(recipe: Path,
+                                                             shared_data: Path) -> None:
+    """Each pool needs images at least one HR patch wide, at every scale (headers only)."""
+    from PIL import Image
+
+    from lgun.data import list_images, lr_patch_size
+
+    cfg = load_config(recipe)
+    for source in cfg.data.sources:
+        sides = []
+        for folder in source.paths:
+            for path in list_images(shared_data / folder):
+                with Image.open(path) as im:
+                    sides.append(min(im.size))
+        assert sides, f"{recipe.name}: {source.name} has no images"
+        for scale in (2, 3, 4):
+            hr = lr_patch_size(cfg.data.patch_size, scale) * scale
+            assert max(sides) >= hr, f"{recipe.name}: no {source.name} image fits {hr} px x{scale}"
