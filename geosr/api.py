@@ -168,9 +168,9 @@ def upscale(
             try:
                 result = write_plan(
                     ds, plan, mappings, stage, model_name=upscaler.name, tags=tags,
-                    creation_options=opts.co, tile_size=opts.tile_size, overlap=opts.overlap,
-                    batch_size=opts.batch_size, consistency=opts.consistency,
-                    progress=progress, executor=executor, spread_path=unc_stage)
+                    creation_options=opts.co, batch_size=opts.batch_size,
+                    consistency=opts.consistency, progress=progress, executor=executor,
+                    spread_path=unc_stage)
                 if opts.cog:
                     _to_cog(stage, tmp, opts.co, "nearest" if plan.categorical else "average")
                     if unc_stage is not None and unc_tmp is not None:

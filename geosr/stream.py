@@ -268,7 +268,7 @@ class UnitWriter:
 
 def write_plan(ds: Any, plan: Plan, mappings: tuple[BandMapping, ...], path: Path, *,
                model_name: str, tags: dict[str, Any], creation_options: dict[str, str],
-               tile_size: int, overlap: int, batch_size: int, consistency: str,
+               batch_size: int, consistency: str,
                progress: bool, executor: TileExecutor,
                spread_path: Path | None = None, pipeline: str | None = None,
                threads: int | None = None) -> UpscaleResult:
@@ -282,7 +282,7 @@ def write_plan(ds: Any, plan: Plan, mappings: tuple[BandMapping, ...], path: Pat
         model_name: Recorded in the result.
         tags: Provenance tags written to the output.
         creation_options: GTiff creation options overriding the defaults.
-        tile_size, overlap, batch_size, consistency: The run's options.
+        batch_size, consistency: The run's options (the tiling is ``plan.grid``).
         progress: Show a progress bar on stderr.
         executor: Runs the model on chunks of tiles.
         spread_path: Also write the model's spread there (``geosr.spread``; the model

@@ -34,26 +34,35 @@ STAGE_NAMES = ("read", "prepare", "model", "blend", "finish", "write")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_scene(path: Path, size: int) -> None:
-    """A size x size 4-band uint16 scene with texture and noise, written in 512-row strips."""
+def write_texture(path: Path, size: int, *, bands: int, dtype: str, level: float,
+                  amplitude: float, step: float, noise: float) -> None:
+    """A size x size textured scene (nodata 0), written in 512-row strips: band ``c`` is
+    ``level + amplitude * sin(x/37) cos(y/53) + step * c`` plus Gaussian noise of std
+    ``noise``, clipped to ``[1, max of dtype]``."""
     import numpy as np
     import rasterio
     from rasterio.windows import Window
 
-    profile = {"driver": "GTiff", "width": size, "height": size, "count": 4,
-               "dtype": "uint16", "crs": "EPSG:32618",
+    profile = {"driver": "GTiff", "width": size, "height": size, "count": bands,
+               "dtype": dtype, "crs": "EPSG:32618",
                "transform": rasterio.Affine(10, 0, 4e5, 0, -10, 5e6), "tiled": True,
                "blockxsize": 512, "blockysize": 512, "compress": "deflate", "nodata": 0}
     rng = np.random.default_rng(0)
     xs = np.arange(size, dtype=np.float32)
+    top = np.iinfo(np.dtype(dtype)).max
     with rasterio.open(path, "w", **profile) as dst:
         for r in range(0, size, 512):
             ys = np.arange(r, min(size, r + 512), dtype=np.float32)[:, None]
-            base = 2000 + 1500 * np.sin(xs / 37.0) * np.cos(ys / 53.0)
-            strip = np.stack([base + 300 * c for c in range(4)])
-            strip += rng.normal(0, 80, strip.shape)
-            dst.write(np.clip(strip, 1, 65535).astype(np.uint16),
-                      window=Window(0, r, size, len(ys)))
+            base = level + amplitude * np.sin(xs / 37.0) * np.cos(ys / 53.0)
+            strip = np.stack([base + step * c for c in range(bands)])
+            strip += rng.normal(0, noise, strip.shape)
+            dst.write(np.clip(strip, 1, top).astype(dtype), window=Window(0, r, size, len(ys)))
+
+
+def write_scene(path: Path, size: int) -> None:
+    """The ceiling's scene: 4-band uint16 texture (``write_texture``)."""
+    write_texture(path, size, bands=4, dtype="uint16", level=2000, amplitude=1500, step=300,
+                  noise=80)
 
 
 def _spawn(args: list[str], env: dict[str, str]) -> tuple[str, float, float]:

@@ -200,21 +200,10 @@ def cmd_overhead(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _write_scene(path: Path, size: int) -> None:
-    """A size x size uint8 RGB scene with texture, streamed in strips."""
-    profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8",
-               "crs": "EPSG:32618", "transform": rasterio.Affine(10, 0, 4e5, 0, -10, 5e6),
-               "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate",
-               "nodata": 0}
-    rng = np.random.default_rng(0)
-    xs = np.arange(size, dtype=np.float32)
-    with rasterio.open(path, "w", **profile) as dst:
-        for r in range(0, size, 512):
-            ys = np.arange(r, min(size, r + 512), dtype=np.float32)[:, None]
-            base = 128 + 60 * np.sin(xs / 37.0) * np.cos(ys / 53.0)
-            strip = np.stack([base + 20 * c for c in range(3)])
-            strip += rng.normal(0, 8, strip.shape)
-            dst.write(np.clip(strip, 1, 255).astype(np.uint8),
-                      window=Window(0, r, size, len(ys)))
+    """A size x size uint8 RGB scene with texture (``bench_ceiling.write_texture``)."""
+    from pipelines.bench_ceiling import write_texture
+
+    write_texture(path, size, bands=3, dtype="uint8", level=128, amplitude=60, step=20, noise=8)
 
 
 def cmd_rss(args: argparse.Namespace) -> dict[str, Any]:
