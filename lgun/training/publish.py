@@ -33,16 +33,18 @@ log = logging.getLogger("lgun.train")
 
 def validate(model: torch.nn.Module, dataset: str, scale: int, *, device: torch.device,
              data_root: str | os.PathLike[str] | None = None,
-             limit: int | None = None) -> dict[str, Any]:
-    """PSNR/SSIM on the Y channel through ``lgun.evaluate`` (the model is left in eval mode)."""
+             limit: int | None = None, degradation: str = "bicubic") -> dict[str, Any]:
+    """PSNR/SSIM on the Y channel through ``lgun.evaluate`` (the model is left in eval mode);
+    the LR is made by ``degradation`` (named in the result unless it is the benchmark's)."""
     from lgun.evaluate import evaluate_model
 
     model.eval()
     with torch.no_grad():
         r = evaluate_model(model, dataset, scale, data_root=data_root or None, protocol="y",
-                           device=str(device), limit=limit or None)
+                           device=str(device), limit=limit or None, degradation=degradation)
     return {"psnr": round(float(r["psnr"]), 4), "ssim": round(float(r["ssim"]), 4),
-            "n": int(r["n"]), "protocol": "y"}
+            "n": int(r["n"]), "protocol": "y",
+            **({"degradation": degradation} if degradation != "bicubic" else {})}
 
 
 def publish_path(pub: PublishConfig) -> Path:

@@ -11,25 +11,32 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import lgun.pretrained
 from lgun.evaluate import DATASETS
 from lgun.pretrained import WEIGHTS_DIR, load_weights, save_weights, sha256_file
-from pipelines.gpu_window import (
-    CHECK_NAME,
-    LOG_NAME,
-    PLAN,
+from pipelines.gpu_pack import (
+    AERIAL_SUBSETS,
     SETS,
-    copy_benchmark,
-    main,
+    copy_aerial,
     make_synthetic_data,
-    materialise_benchmark,
-    publish_candidates,
 )
+from pipelines.gpu_window import (
+    AERIAL_SCORES,
+    CANDIDATES,
+    CHECK_NAME,
+    CONFIGS,
+    LOG_NAME,
+    MAX_GATE_LOSS,
+    PLAN,
+    gate_passes,
+    main,
+    publish_candidates,
+    unpack_candidates,
+)
+from pipelines.train import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,6 +49,14 @@ def window(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "-m", "pipelines.gpu_window", "--out", str(out), "--smoke"],
                    cwd=REPO, env=env, check=True, timeout=300)
     return out
+
+
+@pytest.fixture(scope="module")
+def cands(window: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The window's candidate pairs, out of its zip."""
+    dest = tmp_path_factory.mktemp("cands")
+    unpack_candidates(window, dest)
+    return dest
 
 
 @pytest.fixture
@@ -65,11 +80,11 @@ def _copy_pair(src: Path, dest: Path) -> None:
         shutil.copy(src.with_suffix(ext), dest)
 
 
-def test_smoke_window_returns_loadable_candidates(window: Path) -> None:
+def test_smoke_window_returns_loadable_candidates(window: Path, cands: Path) -> None:
     names = sorted(p.name for p in window.iterdir())
-    assert len(names) <= 8  # what a GPU machine returns
-    assert names == sorted([CHECK_NAME, LOG_NAME, *(f"{s.name}{ext}" for s in PLAN
-                                                    for ext in (".json", ".safetensors"))])
+    assert names == sorted([CHECK_NAME, LOG_NAME, CANDIDATES])  # a GPU machine returns <= 8
+    assert sorted(p.name for p in cands.iterdir()) == sorted(
+        f"{s.name}{ext}" for s in PLAN for ext in (".json", ".safetensors"))
     check = json.loads((window / CHECK_NAME).read_text())
     assert check["smoke"] and check["all_passed"] and set(check["models"]) == {"lgun-x2",
                                                                                "lgun-x4"}
@@ -78,40 +93,56 @@ def test_smoke_window_returns_loadable_candidates(window: Path) -> None:
         assert all(t["seconds"] > 0 and t["mpix_s"] > 0 for t in m["throughput"])
     assert "SMOKE RUN" in (window / LOG_NAME).read_text()
     for stage in PLAN:
-        w = load_weights(window / f"{stage.name}.safetensors")
+        w = load_weights(cands / f"{stage.name}.safetensors")
         assert w.model.config.scale == stage.scale and w.meta.name == stage.name
-        assert set(w.meta.metrics) == set(SETS) and w.meta.training["steps"] == 3
+        assert set(w.meta.metrics) == set(stage.scores) and w.meta.training["steps"] == 3
         assert w.meta.extra["gpu_window"]["smoke"] is True
-    x4 = load_weights(window / "lgun-x4.safetensors").meta.training
+    x4 = load_weights(cands / "lgun-x4.safetensors").meta.training
     assert "lgun-x2" in x4["init_from"] and "all but rec." in x4["init_from"]  # the new body
+    aid = load_weights(cands / "lgun-aid-x4.safetensors").meta
+    assert {m["degradation"] for k, m in aid.metrics.items() if "@" in k} == {"box", "psf"}
+    assert "box" in json.dumps(aid.training["degradation"])  # trained on the sensor mixture
+    assert {s["name"] for s in aid.training["data"]} == {"aid150", "rsscn7", "natural"}
 
 
-def test_benchmark_travels_losslessly(tmp_path: Path, data: Path) -> None:
-    bench = copy_benchmark(data, tmp_path / "bench")
-    assert {p.suffix for p in (bench / DATASETS["Set5"]).iterdir()} == {".png"}
-    assert {p.suffix for p in (bench / DATASETS["B100"]).iterdir()} == {".webp"}
-    assert materialise_benchmark(bench, tmp_path / "root") == list(SETS)
-    for ds in SETS:
-        for src in sorted((data / DATASETS[ds]).iterdir()):
-            with Image.open(src) as a, Image.open(tmp_path / "root" / DATASETS[ds] /
-                                                  src.name) as b:
-                assert a.mode == b.mode  # a grey image stays grey (the Y protocol needs it)
-                assert np.array_equal(np.asarray(a), np.asarray(b))
+def test_aerial_images_that_travel_are_the_recipes(tmp_path: Path, data: Path) -> None:
+    for stage in PLAN:
+        recipe = load_config(CONFIGS / stage.recipe)
+        folders = {p for s in recipe.data.sources if s.name != "natural" for p in s.paths}
+        assert folders <= set(AERIAL_SUBSETS), stage.recipe  # every source travels
+        for key in stage.scores + stage.gate:
+            ds = key.partition("@")[0]
+            assert ds in SETS or DATASETS[ds] in AERIAL_SUBSETS, key
+    out = copy_aerial(data, tmp_path / "a", {"aerial/aid150/train": 1})
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")) == [
+        "aerial/aid150/train/c0/a0.jpg", "aerial/aid150/train/c1/a0.jpg"]
+    with pytest.raises(FileNotFoundError, match="no images"):
+        copy_aerial(data, tmp_path / "b", {"aerial/nowhere": 1})
+
+
+def test_gate_rule() -> None:
+    floor = {"a": 24.0, "b": 24.0}
+    assert gate_passes({"a": 25.0, "b": 25.0}, None, floor)
+    assert not gate_passes({"a": 25.0, "b": 23.9}, None, floor)  # below bicubic on one
+    old = {"a": 25.0, "b": 25.0}
+    assert gate_passes({"a": 25.2, "b": 24.9}, old, floor)  # mean up, small loss
+    assert not gate_passes({"a": 25.5, "b": 25.0 - MAX_GATE_LOSS - 0.01}, old, floor)
+    assert not gate_passes({"a": 25.0, "b": 25.0}, old, floor)  # a tie is not better
 
 
 def test_publish_keeps_better_weights_and_replaces_worse(
-        window: Path, tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        cands: Path, tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> None:
     shipped = sha256_file(WEIGHTS_DIR / "lgun-x2.safetensors")
     pub = tmp_path / "published"
     _copy_pair(WEIGHTS_DIR / "lgun-x2.safetensors", pub)
     # A candidate worse than the weights there: kept.
-    worse = _degraded(window / "lgun-x2.safetensors", tmp_path / "worse")
+    worse = _degraded(cands / "lgun-x2.safetensors", tmp_path / "worse")
     rows = publish_candidates(worse.parent, weights_dir=pub, data_root=data)
     assert [r["decision"] for r in rows] == ["kept"] and rows[0]["new"] < rows[0]["old"]
     assert sha256_file(pub / "lgun-x2.safetensors") == shipped
     # Worse weights there: the candidate replaces them, with its CPU Set5 score.
     _degraded(pub / "lgun-x2.safetensors", pub)
-    _copy_pair(window / "lgun-x2.safetensors", tmp_path / "candidate")
+    _copy_pair(cands / "lgun-x2.safetensors", tmp_path / "candidate")
     assert main(["publish", str(tmp_path / "candidate"), "--weights-dir", str(pub),
                  "--data-root", str(data)]) == 0
     assert "published" in capsys.readouterr().out
@@ -121,13 +152,13 @@ def test_publish_keeps_better_weights_and_replaces_worse(
 
 
 def test_smoke_candidates_never_replace_the_shipped_weights(
-        window: Path, tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        cands: Path, tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shipped = tmp_path / "shipped"  # stands in for lgun/weights
     _copy_pair(WEIGHTS_DIR / "lgun-x2.safetensors", shipped)
     _degraded(shipped / "lgun-x2.safetensors", shipped)
     before = sha256_file(shipped / "lgun-x2.safetensors")
     monkeypatch.setattr(lgun.pretrained, "WEIGHTS_DIR", shipped)
-    _copy_pair(window / "lgun-x2.safetensors", tmp_path / "candidate")
+    _copy_pair(cands / "lgun-x2.safetensors", tmp_path / "candidate")
     rows = publish_candidates(tmp_path / "candidate", data_root=data)
     assert rows[0]["decision"] == "kept (smoke candidate)" and rows[0]["new"] > rows[0]["old"]
     assert sha256_file(shipped / "lgun-x2.safetensors") == before
@@ -139,3 +170,19 @@ def test_help_names_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert all(c in out for c in ("run", "prepare", "publish"))
+
+
+def test_publish_reads_the_zip_and_gates_aerial_candidates_on_their_scores(
+        window: Path, tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pub = tmp_path / "published"
+    _copy_pair(WEIGHTS_DIR / "lgun-aid-x4.safetensors", pub)
+    _degraded(pub / "lgun-aid-x4.safetensors", pub)  # REC zeroed: far below bicubic
+    assert main(["publish", str(window), "--weights-dir", str(pub), "--data-root",
+                 str(data)]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert set(rows) == {s.name for s in PLAN}
+    assert "+".join(AERIAL_SCORES) in rows["lgun-aid-x4"]
+    assert rows["lgun-aid-x4"].endswith("published")
+    meta = load_weights(pub / "lgun-aid-x4.safetensors").meta
+    assert {k for k, m in meta.metrics.items() if m.get("device") == "cpu"} == set(AERIAL_SCORES)
+    assert meta.metrics["aid150@psf"]["degradation"] == "psf"
