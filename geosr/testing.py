@@ -6,6 +6,7 @@ Not imported by the rest of geosr.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -114,6 +115,13 @@ def wait_while_running(proc: subprocess.Popen, ready: Callable[[], bool], *, tim
         assert proc.poll() is None, proc.communicate()[1]
         assert time.monotonic() < deadline, f"{what} within {timeout:g} s"
         time.sleep(poll)
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that a test interrupts with SIGINT: children of a shell's
+    background job start with SIGINT ignored (POSIX), and Python then never raises
+    ``KeyboardInterrupt``; the default disposition, kept across exec, makes it Ctrl-C again."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def gdalinfo_json(path: str | Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import pytest
 import rasterio
 
 from geosr.cli import run
-from geosr.testing import REPO_ROOT, wait_while_running, write_raster
+from geosr.testing import REPO_ROOT, default_sigint, wait_while_running, write_raster
 
 EXAMPLE = REPO_ROOT / "examples" / "bahamas_rgb.tif"
 
@@ -175,7 +175,7 @@ def test_signal_mid_write_leaves_nothing(tmp_path: Path, sig: str, code: int) ->
     proc = subprocess.Popen(
         [sys.executable, "-m", "geosr.cli", "upscale", str(src), "-o", str(out_dir / "o.tif"),
          "--scale", "4", "-m", "nearest", "--tile-size", "64", "--overlap", "8"],
-        env=env, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+        env=env, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     try:
         wait_while_running(proc, lambda: bool(list(out_dir.glob(".o.tif.geosr-*"))),
                            timeout=60, what="the CLI never started writing")

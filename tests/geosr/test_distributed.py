@@ -39,6 +39,7 @@ from geosr.models import NearestUpscaler  # noqa: E402
 from geosr.testing import (  # noqa: E402
     REPO_ROOT,
     SlowNearest,
+    default_sigint,
     tiny_lgun,
     wait_while_running,
 )
@@ -298,7 +299,8 @@ def test_signal_to_client_mid_write_leaves_nothing(cluster: DaskCluster, scene: 
         address=cluster.client.scheduler.address, src=str(scene), dst=str(dst))
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT,
                             env={**_env(), **_tls_env(cluster, tmp_path)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     try:
         # Generous: beside a training run on the 2-core CI machine the client did not start
         # writing within 60 s.
