@@ -5,11 +5,12 @@ Not imported by the rest of geosr.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,25 @@ def wait_while_running(proc: subprocess.Popen, ready: Callable[[], bool], *, tim
         assert proc.poll() is None, proc.communicate()[1]
         assert time.monotonic() < deadline, f"{what} within {timeout:g} s"
         time.sleep(poll)
+
+
+def reuse_cluster(monkeypatch: Any, cluster: Any) -> list[dict[str, Any]]:
+    """Make ``geosr.distributed.connect`` yield ``cluster`` (an already started one) instead
+    of starting or reaching another; returns the list its calls' keyword arguments go to.
+
+    Args:
+        monkeypatch: pytest's ``monkeypatch`` fixture (undone after the test).
+        cluster: What every ``connect(...)`` of the test hands back.
+    """
+    calls: list[dict[str, Any]] = []
+
+    @contextlib.contextmanager
+    def fake_connect(**kwargs: Any) -> Iterator[Any]:
+        calls.append(kwargs)
+        yield cluster
+
+    monkeypatch.setattr("geosr.distributed.connect", fake_connect)
+    return calls
 
 
 def default_sigint() -> None:

@@ -15,6 +15,7 @@ On the GPU machine :func:`materialise` turns the first two into a data root. The
 from __future__ import annotations
 
 import io
+import logging
 import shutil
 import subprocess
 from pathlib import Path
@@ -35,6 +36,8 @@ PACK_PATCH = 192  # natural crop side: a multiple of 2, 3 and 4, above every nat
 # test subset scores aerial candidates on the GPU, the publishing step the whole split here.
 # About 4 + 2.6 + 1 MiB: every MiB here is one less for the natural pack.
 AERIAL_SUBSETS = {"aerial/aid150/train": 8, "aerial/rsscn7/train": 3, "aerial/aid150/test": 2}
+
+log = logging.getLogger("pipelines.gpu_pack")
 
 
 def copy_benchmark(src_root: Path, dest: Path) -> Path:
@@ -92,8 +95,6 @@ def materialise(bench: Path, aerial: Path, dest: Path) -> list[str]:
     """Decode the carried sets into a data root at ``dest`` (PNG) and copy the aerial images
     there; returns the benchmark sets present. A set that fails to decode is left out whole
     (logged): no score is of a partial set."""
-    import logging
-
     from PIL import Image
 
     from lgun.evaluate import DATASETS
@@ -111,7 +112,7 @@ def materialise(bench: Path, aerial: Path, dest: Path) -> list[str]:
                     im.save(out / f"{f.stem}.png", compress_level=1)
             present.append(ds)
         except Exception:
-            logging.getLogger("pipelines.gpu_window").exception("benchmark %s unavailable", ds)
+            log.exception("benchmark %s unavailable", ds)
             shutil.rmtree(out, ignore_errors=True)
     if aerial.is_dir():
         shutil.copytree(aerial, dest, dirs_exist_ok=True)

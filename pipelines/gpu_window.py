@@ -231,8 +231,8 @@ def run_window(out: Path, *, minutes: float, smoke: bool, compile_model: bool, d
                 log.error("stage %s skipped: %.0f s left to train", stage.name, train_s)
                 continue
             init = str(done.get(stage.init_from, stage.init_from))
-            scores = [k for k in stage.scores if parse_key(k)[0] not in SETS
-                      or parse_key(k)[0] in sets]
+            # A benchmark set that did not arrive is not scored; the aerial sets always are.
+            scores = [k for k in stage.scores if (ds := parse_key(k)[0]) in sets or ds not in SETS]
             try:
                 cfg = stage_config(stage, init_from=init, minutes=max(train_s, 1) / 60,
                                    pack=pack, data_root=data_root, run_dir=runs / stage.name,

@@ -9,7 +9,6 @@ the middle of a scene (kept last: its nanny restarts it).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -31,7 +30,7 @@ from geosr.cli import run  # noqa: E402
 from geosr.distributed import DaskCluster, connect  # noqa: E402
 from geosr.options import RunOptions  # noqa: E402
 from geosr.scenes import workers_reach  # noqa: E402
-from geosr.testing import SlowNearest, assert_nearest_upscaled  # noqa: E402
+from geosr.testing import SlowNearest, assert_nearest_upscaled, reuse_cluster  # noqa: E402
 
 TILING = {"tile_size": 24, "overlap": 4, "batch_size": 2}
 CLI_OPTS = ["--scale", "2", "-m", "bicubic", "--tile-size", "24", "--overlap", "4",
@@ -48,15 +47,7 @@ def cluster() -> Iterator[DaskCluster]:
 @pytest.fixture
 def cli_cluster(cluster: DaskCluster, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """``--workers N`` is handed to ``connect``: hand back the module's cluster instead."""
-    calls: list[dict[str, Any]] = []
-
-    @contextlib.contextmanager
-    def fake_connect(**kwargs: Any) -> Iterator[DaskCluster]:
-        calls.append(kwargs)
-        yield cluster
-
-    monkeypatch.setattr("geosr.distributed.connect", fake_connect)
-    return calls
+    return reuse_cluster(monkeypatch, cluster)
 
 
 def _manifest(out: Path) -> dict[str, Any]:

@@ -10,7 +10,6 @@ Tests that use the cluster are marked ``cluster`` (those that signal processes a
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -40,6 +39,7 @@ from geosr.testing import (  # noqa: E402
     REPO_ROOT,
     SlowNearest,
     default_sigint,
+    reuse_cluster,
     tiny_lgun,
     wait_while_running,
 )
@@ -158,14 +158,7 @@ def test_cli_scheduler_and_workers_flags(cluster: DaskCluster, scene: Path, tmp_
     np.testing.assert_array_equal(_read(ref)[0], _read(tmp_path / "cli.tif")[0])
 
     # --workers N goes to connect(workers=N); reuse this cluster instead of a new one.
-    calls: list[dict[str, Any]] = []
-
-    @contextlib.contextmanager
-    def fake_connect(**kwargs: Any) -> Iterator[DaskCluster]:
-        calls.append(kwargs)
-        yield cluster
-
-    monkeypatch.setattr("geosr.distributed.connect", fake_connect)
+    calls = reuse_cluster(monkeypatch, cluster)
     assert run(["upscale", str(scene), "-o", str(tmp_path / "w.tif"), *opts,
                 "--workers", "2"]) == 0
     assert calls == [{"workers": 2, "scheduler": None, "gpu": False}]
