@@ -37,7 +37,7 @@ import numpy as np
 from lgun.degrade import DegradationMix
 from lgun.imresize import bicubic_downscale
 from lgun.packfile import read_pack
-from lgun.paths import default_data_root
+from lgun.paths import IMAGE_SUFFIXES, default_data_root
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -53,7 +53,6 @@ __all__ = [
     "lr_patch_size",
 ]
 
-IMAGE_SUFFIXES = frozenset({".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"})
 
 
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:

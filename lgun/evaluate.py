@@ -45,7 +45,7 @@ from lgun.device import DeviceError, resolve_device
 from lgun.ensemble import ensembled
 from lgun.imresize import imresize, modcrop
 from lgun.metrics import psnr, rgb_to_grey, ssim
-from lgun.paths import default_data_root
+from lgun.paths import IMAGE_SUFFIXES, default_data_root
 from lgun.pretrained import WeightsError, load_pretrained
 
 __all__ = [
@@ -70,7 +70,6 @@ DATASETS: dict[str, str] = {
     "rsscn7": "aerial/rsscn7/test",
 }
 PROTOCOLS = ("y", "rgb")
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 
 #: A super-resolver over uint8 images: (h, w[, 3]) LR -> (s*h, s*w[, 3]) SR.
 Upscaler = Callable[[np.ndarray], np.ndarray]

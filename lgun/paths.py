@@ -7,6 +7,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# Image files the training data and the evaluation folders are read from (Pillow decodes all).
+IMAGE_SUFFIXES = frozenset({".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"})
+
 
 def default_data_root() -> Path:
     """``$GEOSR_DATA`` if set, else ``../shared/data`` beside the repository checkout."""

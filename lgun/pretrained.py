@@ -158,6 +158,14 @@ def metric_key(dataset: str, degradation: str = "bicubic") -> str:
     return dataset if degradation == "bicubic" else f"{dataset}@{degradation}"
 
 
+def metric_entry(result: dict[str, Any]) -> dict[str, Any]:
+    """The score stored under ``metric_key`` from an ``lgun.evaluate`` result: the one shape
+    every writer of ``metrics`` uses (publishing, ``pipelines.record_metrics``, GPU windows)."""
+    return {"psnr": round(float(result["psnr"]), 4), "ssim": round(float(result["ssim"]), 4),
+            "n": int(result["n"]), "protocol": result.get("protocol", "y"),
+            "degradation": result.get("degradation", "bicubic")}
+
+
 class LoadedWeights(NamedTuple):
     """A model built from a weight set, and that set's metadata."""
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lgun.paths import IMAGE_SUFFIXES
+
 REPO = Path(__file__).resolve().parents[1]
 PACK = REPO / ".pack" / "natural.zip"
 BENCH = REPO / ".pack" / "benchmark"  # the data root layout: natural/benchmark/<set>/HR
@@ -72,8 +74,6 @@ def copy_aerial(src_root: Path, dest: Path, subsets: dict[str, int] | None = Non
     Raises:
         FileNotFoundError: A folder is missing or has no class folder with images.
     """
-    from lgun.data import IMAGE_SUFFIXES
-
     shutil.rmtree(dest, ignore_errors=True)
     for rel, per_class in (AERIAL_SUBSETS if subsets is None else subsets).items():
         classes = sorted(p for p in (src_root / rel).iterdir() if p.is_dir()) if (

@@ -25,15 +25,13 @@ from lgun.degrade import DEGRADATIONS
 
 def record(weights: Path, results: list[dict[str, Any]]) -> Path:
     """Write ``results`` (``evaluate_model`` dicts) into the ``metrics`` of ``weights``' JSON."""
-    from lgun.pretrained import metric_key
+    from lgun.pretrained import metric_entry, metric_key
 
     doc_path = weights.with_suffix(".json")
     doc = json.loads(doc_path.read_text())
     metrics = dict(doc.get("metrics") or {})
     for r in results:
-        metrics[metric_key(r["dataset"], r["degradation"])] = {
-            "psnr": round(r["psnr"], 4), "ssim": round(r["ssim"], 4), "n": r["n"],
-            "protocol": r["protocol"], "degradation": r["degradation"]}
+        metrics[metric_key(r["dataset"], r["degradation"])] = metric_entry(r)
     doc["metrics"] = metrics
     tmp = doc_path.with_name(doc_path.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")

@@ -21,6 +21,7 @@ from lgun.pretrained import (
     WEIGHTS_DIR,
     WeightsError,
     load_pretrained,
+    metric_entry,
     read_weights_meta,
     save_weights,
 )
@@ -35,16 +36,14 @@ def validate(model: torch.nn.Module, dataset: str, scale: int, *, device: torch.
              data_root: str | os.PathLike[str] | None = None,
              limit: int | None = None, degradation: str = "bicubic") -> dict[str, Any]:
     """PSNR/SSIM on the Y channel through ``lgun.evaluate`` (the model is left in eval mode);
-    the LR is made by ``degradation`` (named in the result unless it is the benchmark's)."""
+    the LR is made by ``degradation``. Returns ``lgun.pretrained.metric_entry``'s shape."""
     from lgun.evaluate import evaluate_model
 
     model.eval()
     with torch.no_grad():
         r = evaluate_model(model, dataset, scale, data_root=data_root or None, protocol="y",
                            device=str(device), limit=limit or None, degradation=degradation)
-    return {"psnr": round(float(r["psnr"]), 4), "ssim": round(float(r["ssim"]), 4),
-            "n": int(r["n"]), "protocol": "y",
-            **({"degradation": degradation} if degradation != "bicubic" else {})}
+    return metric_entry(r)
 
 
 def publish_path(pub: PublishConfig) -> Path:
