@@ -183,9 +183,12 @@ def upscale(
                                 p.unlink()
     result.dst = dst_path
     result.seconds = time.perf_counter() - t_start
+    if fallback_warning:
+        result.warnings.append(fallback_warning)
     if result.tiles and result.skipped_tiles == result.tiles:
-        warnings.warn(f"{src} has no valid pixel in the processed area: {dst_path} is all "
-                      "nodata", GeosrWarning, stacklevel=2)
+        result.warnings.append(f"{src} has no valid pixel in the processed area: {dst_path} "
+                               "is all nodata")
+        warnings.warn(result.warnings[-1], GeosrWarning, stacklevel=2)
     return result
 
 

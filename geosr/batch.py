@@ -287,9 +287,12 @@ def run_batch(
                 tasks = [scene_task(i, scenes[i], outputs[i], overwrite=ow) for i, ow in todo]
                 for done in run_scenes(cluster, tasks, opts, upscaler):
                     i = done.index
+                    for message in done.warnings:  # said here, as a local run says it
+                        warnings.warn(message, GeosrWarning, stacklevel=2)
                     record(i, SceneRecord(str(scenes[i]), str(outputs[i]),
                                           "failed" if done.error else "ok", done.seconds,
-                                          done.mpix, done.error, done.worker))
+                                          done.mpix, done.error, done.worker,
+                                          done.warnings))
             else:
                 for i, ow in todo:
                     record(i, _upscale_here(scenes[i], outputs[i], opts, overwrite=ow,
@@ -327,4 +330,5 @@ def _upscale_here(src: Path, dst: Path, options: RunOptions, *, overwrite: bool,
     except Exception as e:  # noqa: BLE001 - one scene's failure must not stop the batch
         return SceneRecord(str(src), str(dst), "failed", time.perf_counter() - t0, 0.0,
                            error_summary(e))
-    return SceneRecord(str(src), str(dst), "ok", time.perf_counter() - t0, mpix)
+    return SceneRecord(str(src), str(dst), "ok", time.perf_counter() - t0, mpix,
+                       warnings=tuple(result.warnings))

@@ -35,6 +35,7 @@ class SceneRecord:
         error: One-line reason of a failure, else ``None``.
         worker: Address of the Dask worker that computed the scene (scene placement),
             else ``None``.
+        warnings: The warnings of the scene's run (``UpscaleResult.warnings``).
     """
 
     scene: str
@@ -44,6 +45,7 @@ class SceneRecord:
     mpix: float
     error: str | None = None
     worker: str | None = None
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass

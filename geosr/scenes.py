@@ -77,6 +77,8 @@ class SceneDone:
         mpix: Output size in megapixels (0 when failed).
         worker: Address of the worker that wrote the output, else ``None``.
         error: One-line reason of a failure, else ``None``.
+        warnings: The ``GeosrWarning`` messages of the run on the worker (Dask does not
+            forward a task's warnings; the client issues them again).
     """
 
     index: int
@@ -84,6 +86,7 @@ class SceneDone:
     mpix: float
     worker: str | None = None
     error: str | None = None
+    warnings: tuple[str, ...] = ()
 
 
 def check_placement(placement: str, *, cluster: bool) -> None:
@@ -238,7 +241,8 @@ def run_scene(ref: ModelRef, options: RunOptions, task: SceneTask) -> SceneDone:
             mpix = ds.width * ds.height / 1e6
     except GeosrError as e:
         return SceneDone(task.index, time.perf_counter() - t0, 0.0, worker, error_summary(e))
-    return SceneDone(task.index, time.perf_counter() - t0, mpix, worker)
+    return SceneDone(task.index, time.perf_counter() - t0, mpix, worker,
+                     warnings=tuple(result.warnings))
 
 
 def _probe(src: str, lock: str, token: str) -> bool:

@@ -94,6 +94,8 @@ class UpscaleResult:
             reads per tile, so always on.
         pipeline: ``streamed`` or ``reference``.
         threads: Threads of the run (``pipeline_threads``).
+        warnings: The ``GeosrWarning`` messages the run issued, in order (also recorded
+            where the run is not watched: a batch manifest, a scene on a Dask worker).
     """
 
     dst: Path
@@ -110,6 +112,7 @@ class UpscaleResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     pipeline: str = "streamed"
     threads: int = 1
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def clipped_total(self) -> int:

@@ -28,9 +28,15 @@ pytest.importorskip("distributed")
 from geosr.batch import LOCK_NAME, MANIFEST_NAME, BatchReport, run_batch  # noqa: E402
 from geosr.cli import run  # noqa: E402
 from geosr.distributed import DaskCluster, connect  # noqa: E402
+from geosr.errors import GeosrWarning  # noqa: E402
 from geosr.options import RunOptions  # noqa: E402
 from geosr.scenes import workers_reach  # noqa: E402
-from geosr.testing import SlowNearest, assert_nearest_upscaled, reuse_cluster  # noqa: E402
+from geosr.testing import (  # noqa: E402
+    SlowNearest,
+    assert_nearest_upscaled,
+    reuse_cluster,
+    write_raster,
+)
 
 TILING = {"tile_size": 24, "overlap": 4, "batch_size": 2}
 CLI_OPTS = ["--scale", "2", "-m", "bicubic", "--tile-size", "24", "--overlap", "4",
@@ -169,6 +175,28 @@ def _set_env(values: dict[str, str | None]) -> None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.mark.cluster
+def test_worker_warnings_reach_the_client_and_the_manifest(
+        tmp_path: Path, make_scenes: Scenes, cluster: DaskCluster) -> None:
+    """Dask does not forward a task's warnings: a scene's warning on a worker is issued again
+    by the client and recorded in the manifest, as for a scene computed here."""
+    make_scenes("in", n=2)
+    write_raster(tmp_path / "in" / "s9_empty.tif", np.zeros((3, 30, 30), np.uint8), nodata=0)
+    pattern = str(tmp_path / "in" / "*.tif")
+    for where, kwargs in (("scenes", {"cluster": cluster, "placement": "scenes"}),
+                          ("local", {})):
+        with pytest.warns(GeosrWarning, match="no valid pixel") as caught:
+            report = run_batch(pattern, tmp_path / where, scale=2, model="bicubic",
+                               **TILING, **kwargs)
+        assert report.placement == where
+        assert len([w for w in caught if "no valid pixel" in str(w.message)]) == 1
+        recs = {Path(r["scene"]).name: r for r in _manifest(tmp_path / where)["scenes"]}
+        assert [r["status"] for r in recs.values()] == ["ok"] * 3
+        assert recs["s0.tif"]["warnings"] == recs["s1.tif"]["warnings"] == []
+        (message,) = recs["s9_empty.tif"]["warnings"]
+        assert "s9_empty.tif has no valid pixel" in message and "all nodata" in message
 
 
 @pytest.mark.cluster
