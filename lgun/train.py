@@ -32,6 +32,7 @@ from lgun.device import describe_hardware, resolve_device
 from lgun.fast_train import optimize_for_training
 from lgun.paths import default_data_root
 from lgun.pretrained import save_weights
+from lgun.training.batches import BatchStream
 from lgun.training.checkpoint import RunState, load_checkpoint, resume_path, save_checkpoint
 from lgun.training.config import (
     CheckpointConfig,
@@ -133,14 +134,17 @@ def train(cfg: TrainConfig) -> Path:
 
     # 4. The loop: one batch per step, a function of (seed, step).
     bar = ProgressBar(state.step, cfg.schedule.steps, cfg.runtime.log_every)
+    batches = BatchStream(sampler, cfg.data.batch_size, state.step, cfg.schedule.steps,
+                          workers=cfg.runtime.data_workers, pin_memory=device.type == "cuda")
+    first_step = state.step
     model.train()
     while progress(state.step, wall(), cfg.schedule) < 1.0:
         rate = learning_rate(state.step, wall(), cfg.schedule, cfg.optim.learning_rate)
         for g in opt.param_groups:
             g["lr"] = rate
-        lr_np, hr_np = sampler.batch(state.step, cfg.data.batch_size)
-        lr_t = torch.from_numpy(lr_np).to(device, non_blocking=True)
-        hr_t = torch.from_numpy(hr_np).to(device, non_blocking=True)
+        lr_b, hr_b = next(batches)
+        lr_t = lr_b.to(device, non_blocking=True)
+        hr_t = hr_b.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             loss = F.l1_loss(net(lr_t).float(), hr_t)
         opt.zero_grad(set_to_none=True)
@@ -158,6 +162,9 @@ def train(cfg: TrainConfig) -> Path:
         if cfg.eval.every and state.step % cfg.eval.every == 0 and not done:
             validate_and_publish(final=False)
     bar.close()
+    batches.close()
+    log.info("data: %.1f s waiting for %d batches (%d worker processes)", batches.wait_s,
+             state.step - first_step, cfg.runtime.data_workers)
     checkpoint()
 
     # 5. The end: final weights (before the slow final evaluation, so that follow-up runs can

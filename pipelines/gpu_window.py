@@ -51,6 +51,10 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 LOG_NAME, CHECK_NAME, CANDIDATES = "gpu_window.log", "gpu_check.json", "candidates.zip"
 END_MARGIN_S = 15.0  # left unplanned at the end of the window
 SMOKE_STEPS, SMOKE_BATCH, SMOKE_PATCH = 3, 2, 32
+# Batches are made ahead by worker processes (lgun.training.batches): one sensor-mixture batch
+# costs a CPU core ~0.7 s, far more than its GPU step. All cores but the loop's and one spare;
+# the smoke run uses one worker, so that the path runs in CI too.
+DATA_WORKERS = max(1, min(14, (os.cpu_count() or 2) - 2))
 # Publishing: no gate score may fall more than this below the shipped weights' (a sensor model
 # may trade a little of the bicubic-LR protocol for box/PSF LR, never much).
 MAX_GATE_LOSS = 0.3
@@ -131,7 +135,7 @@ def stage_config(stage: Stage, *, init_from: str, minutes: float, pack: Path, da
              checkpoint=r(base.checkpoint, every=500),
              publish=r(base.publish, name="", dir=""),  # never publish on the GPU machine
              runtime=r(base.runtime, device=device, amp=True, compile=compile_model,
-                       log_every=1 if smoke else 100))
+                       data_workers=1 if smoke else DATA_WORKERS, log_every=1 if smoke else 100))
 
 
 def write_candidates(folder: Path, out: Path) -> None:

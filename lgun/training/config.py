@@ -258,6 +258,8 @@ class RuntimeConfig:
         fast_kernels: On CPU, ``lgun.fast_train.optimize_for_training`` (same gradients within
             1e-4 relative; BENCHMARKS.md, ``pipelines.bench_train``).
         num_threads: ``torch.set_num_threads`` (0 = leave).
+        data_workers: Processes making batches ahead of the loop (``lgun.training.batches``;
+            0 = in the loop, right for a CPU run whose cores all train).
         log_every: Steps between plain-text progress lines when tqdm is absent.
     """
 
@@ -267,12 +269,14 @@ class RuntimeConfig:
     compile: bool = True
     fast_kernels: bool = True
     num_threads: int = 0
+    data_workers: int = 0
     log_every: int = 10
 
     def __post_init__(self) -> None:
         check_types(self)
-        require(self.num_threads >= 0,
-                 f"runtime.num_threads must be >= 0, got {self.num_threads}")
+        for key in ("num_threads", "data_workers"):
+            require(getattr(self, key) >= 0, f"runtime.{key} must be >= 0, got "
+                                              f"{getattr(self, key)}")
         require(self.log_every >= 1, f"runtime.log_every must be >= 1, got {self.log_every}")
 
 

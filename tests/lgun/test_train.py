@@ -13,9 +13,11 @@ from PIL import Image
 
 from lgun import LGUN, PRETRAINED, load_pretrained, read_weights_meta, save_weights
 from lgun.data import PairPool, PairSampler, Source, build_sampler, lr_patch_size
+from lgun.degrade import DegradationMix
 from lgun.imresize import bicubic_downscale
 from lgun.model import LGUNConfig
 from lgun.train import OptimConfig, PublishConfig, ScheduleConfig, TrainConfig, train
+from lgun.training.batches import BatchStream
 from lgun.training.optim import configure_optimizer, make_optimizer
 from lgun.training.publish import publish
 from lgun.training.schedule import lr_factor, progress
@@ -77,6 +79,24 @@ def test_sampler_is_deterministic_and_pairs_are_aligned() -> None:
     assert inner.mean() < 0.01
 
 
+def test_batches_made_by_workers_are_the_loops_batches(tiny_data: Path) -> None:
+    mix = DegradationMix((("bicubic", 1.0), ("box", 1.0), ("psf", 1.0)), noise_std=2.0)
+    sampler = build_sampler([Source("t", (str(tiny_data / "train"),))], 2, patch_size=16,
+                            degradation=mix)
+    with BatchStream(sampler, 3, 5, 9) as here, BatchStream(sampler, 3, 5, 9,
+                                                              workers=2) as ahead:
+        pairs = list(zip(here, ahead, strict=True))
+    assert len(pairs) == 4  # steps 5..8, in order
+    for step, ((lr_a, hr_a), (lr_b, hr_b)) in enumerate(pairs, start=5):
+        lr, hr = sampler.batch(step, 3)
+        assert lr_b.shape == (3, 3, 8, 8) and hr_b.dtype == torch.float32
+        for a, b, ref in ((lr_a, lr_b, lr), (hr_a, hr_b, hr)):
+            assert torch.equal(a, b) and np.array_equal(b.numpy(), ref)
+    assert here.wait_s > 0 and ahead.wait_s > 0
+    with pytest.raises(ValueError, match="data_workers must be >= 0"):
+        TrainConfig.from_dict({"runtime": {"data_workers": -1}})
+
+
 def test_schedule_ends_at_the_floor() -> None:
     cfg = ScheduleConfig(steps=10, min_learning_rate=1e-7)
     assert lr_factor(0, 0.0, cfg, 5e-4) == pytest.approx(1.0)
@@ -92,7 +112,9 @@ def test_two_step_checkpoint_resumes_to_the_same_state(tiny_data: Path, tmp_path
     two = full / "step_000002.pt"
     ck2 = torch.load(two, map_location="cpu", weights_only=True)  # no pickle of objects
     assert ck2["step"] == 2 and ck2["torch_rng"].dtype == torch.uint8
-    resumed = train(_tiny_cfg(tiny_data, tmp_path / "b", resume=str(two)))
+    # Resumed with batches made ahead by worker processes: the same batches, the same state.
+    resumed = train(_tiny_cfg(tiny_data, tmp_path / "b", resume=str(two),
+                              runtime={"num_threads": 1, "device": "cpu", "data_workers": 2}))
     a = torch.load(full / "last.pt", weights_only=True)
     b = torch.load(resumed / "last.pt", weights_only=True)
     assert a["step"] == b["step"] == 4
