@@ -54,7 +54,6 @@ __all__ = [
 ]
 
 
-
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     """Image files under ``folder`` (recursive), sorted so the order is reproducible."""
     root = Path(folder)

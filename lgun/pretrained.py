@@ -162,8 +162,8 @@ def metric_entry(result: dict[str, Any]) -> dict[str, Any]:
     """The score stored under ``metric_key`` from an ``lgun.evaluate`` result: the one shape
     every writer of ``metrics`` uses (publishing, ``pipelines.record_metrics``, GPU windows)."""
     return {"psnr": round(float(result["psnr"]), 4), "ssim": round(float(result["ssim"]), 4),
-            "n": int(result["n"]), "protocol": result.get("protocol", "y"),
-            "degradation": result.get("degradation", "bicubic")}
+            "n": int(result["n"]), "protocol": result["protocol"],
+            "degradation": result["degradation"]}
 
 
 class LoadedWeights(NamedTuple):
