@@ -9,14 +9,19 @@ interchangeable), gradients equal to the eager reference within fp32 rounding
     model = optimize_for_training(model)
     opt = torch.optim.AdamW(model.parameters(), ...)
 
-What it changes (``python -m pipelines.bench_train`` measures it; one thread, AVX2, batch 16:
-1.25-1.4x fewer CPU seconds per step at x2, x3 and x4). The step is bound by memory passes
-and by oneDNN's depthwise kernels more than by its GEMMs:
+What it changes (``python -m pipelines.bench_train`` measures it, each depthwise
+implementation against the eager step, in one run; BENCHMARKS.md). The step is bound by
+memory passes and by the depthwise convs more than by its GEMMs:
 
 * activations stay NHWC ``(B, H, W, C)`` contiguous from the head conv to the reconstruction:
   every 1x1 conv is one GEMM on a contiguous matrix in both directions, depthwise convs see
   channels_last views, and the NCHW code's layout copies (DGSA's per-head reshape of q, k and
   v, the NCHW round trip around each space-to-batch) are gone;
+* depthwise convs, dilated or not, run on ``lgun.cpu_kernels`` (C loops over NHWC with the
+  channels innermost, dilation handled directly, no re-arranging) where those build
+  (``optimize_for_training(model, native=None)``, the default; ``native=False`` or
+  ``LGUN_NATIVE_KERNELS=0`` keep oneDNN's); the convs that run there carry
+  ``NATIVE_ATTR``. Without them:
 * dilated depthwise convs are dense convs on re-arranged images. Space-to-batch (what
   ``DilatedDepthwise`` does) gives sub-images smaller than the kernel at x4 (4 x 4 under the
   9 x 9, d=4 kernel), where oneDNN's weight gradient is several times slower per MAC than on
@@ -53,11 +58,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lgun import cpu_kernels
 from lgun.fast import tune_malloc
 from lgun.layers import DilatedDepthwise, LayerNorm2d
 from lgun.model import DGSA, FFN, LGUN, LKCS, MLHA, LGUBlock
 
-__all__ = ["bf16_supported", "optimize_for_training", "training_setup"]
+__all__ = ["NATIVE_ATTR", "bf16_supported", "native_convs", "optimize_for_training",
+           "training_setup"]
+
+# Set on each depthwise conv that runs on ``lgun.cpu_kernels`` (a plain attribute: it is
+# copied with the module and is not part of the state_dict).
+NATIVE_ATTR = "lgun_native"
 
 
 def training_setup(threads: int = 1) -> dict[str, object]:
@@ -98,8 +109,17 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).contiguous()
 
 
+def _native(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    """Whether ``conv`` of ``x`` runs on ``lgun.cpu_kernels`` (marked, float32, on the CPU)."""
+    return (getattr(conv, NATIVE_ATTR, False) and x.dtype == torch.float32
+            and x.device.type == "cpu")
+
+
 def _depthwise(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """Stride-1, 'same' depthwise ``conv`` of NHWC ``x``; NHWC out."""
+    if _native(x, conv):
+        return cpu_kernels.depthwise_nhwc(x, conv.weight, conv.bias, conv.padding,
+                                          conv.dilation[0])
     y = F.conv2d(_nchw(x), conv.weight, conv.bias, padding=conv.padding,
                  dilation=conv.dilation, groups=conv.groups)
     return _nhwc(y)
@@ -153,6 +173,8 @@ def dilated_depthwise_nhwc(x: torch.Tensor, conv: DilatedDepthwise) -> torch.Ten
     Taps that reach past every sub-image (a 9 x 9 kernel on 4 x 4 sub-images) only ever
     see zeros: they are cropped, and their weight gradient is exactly zero as in eager.
     """
+    if _native(x, conv):  # dilation is native there: no re-arranging
+        return _depthwise(x, conv)
     d, k = conv.dilation[0], conv.kernel_size[0]
     b, h, w, c = x.shape
     hp, wp = -(-h // d) * d, -(-w // d) * d
@@ -332,7 +354,17 @@ _SWAPS: dict[type[nn.Module], type[nn.Module]] = {
 }
 
 
-def optimize_for_training(model: LGUN) -> LGUN:
+def _is_depthwise(m: nn.Module) -> bool:
+    return (isinstance(m, nn.Conv2d) and m.groups == m.in_channels == m.out_channels
+            and m.stride == (1, 1) and m.padding_mode == "zeros")
+
+
+def native_convs(model: nn.Module) -> int:
+    """How many of ``model``'s depthwise convs run on ``lgun.cpu_kernels``."""
+    return sum(bool(getattr(m, NATIVE_ATTR, False)) for m in model.modules())
+
+
+def optimize_for_training(model: LGUN, native: bool | None = None) -> LGUN:
     """Switch ``model`` (in place) to the fast training forward; returns it.
 
     Same parameters (the same objects), buffers and ``state_dict`` keys; forward values and
@@ -340,15 +372,28 @@ def optimize_for_training(model: LGUN) -> LGUN:
     optimiser, before ``copy.deepcopy`` for an EMA (the copy keeps the fast forward).
     ``set_fast_kernels`` has no effect on a switched model.
 
+    Args:
+        model: the ``LGUN`` to switch.
+        native: run the depthwise convs (float32, CPU) on ``lgun.cpu_kernels``; None (the
+            default) does where they are ``available()``, False keeps oneDNN's.
+
     Raises:
         TypeError: ``model`` is not an ``LGUN`` (or a module holds an unknown subclass).
+        RuntimeError: ``native=True`` where the kernels are not available.
     """
     if not isinstance(model, LGUN):
         raise TypeError(f"expected an lgun.LGUN, got {type(model).__name__}")
+    if native is None:
+        native = cpu_kernels.available()
+    elif native and not cpu_kernels.available():
+        raise RuntimeError(f"lgun native kernels unavailable: {cpu_kernels.build_error()}")
     for m in model.modules():
         new = _SWAPS.get(type(m))
         if new is not None:
             m.__class__ = new
         elif type(m) not in _SWAPS.values() and isinstance(m, tuple(_SWAPS)):
             raise TypeError(f"unsupported subclass {type(m).__name__}")
+    for m in model.modules():
+        if _is_depthwise(m):
+            setattr(m, NATIVE_ATTR, native)
     return model

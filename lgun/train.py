@@ -27,9 +27,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lgun import cpu_kernels
 from lgun.data import build_sampler
 from lgun.device import describe_hardware, resolve_device
-from lgun.fast_train import optimize_for_training
+from lgun.fast_train import native_convs, optimize_for_training
 from lgun.paths import default_data_root
 from lgun.pretrained import save_weights
 from lgun.training.batches import BatchStream
@@ -96,6 +97,8 @@ def train(cfg: TrainConfig) -> Path:
     model.to(device)
     if cfg.runtime.fast_kernels and device.type == "cpu":
         model = optimize_for_training(model)  # same parameters, state_dict and gradients
+        n, why = native_convs(model), cpu_kernels.build_error()
+        log.info("depthwise convs: %s", f"{n} on lgun.cpu_kernels" if n else f"oneDNN ({why})")
 
     # 3. Recipe: optimiser and EMA; a checkpoint restores them with the run's state.
     opt = make_optimizer(model.parameters(), cfg.optim)

@@ -143,9 +143,10 @@ def run(scale: int, threads: int, steps: int, batch: int, bf16: bool) -> dict[st
     """Measure; return the report as plain data (see the module docstring)."""
     import torch
 
+    from lgun import cpu_kernels
     from lgun.complexity import count
     from lgun.fast import tune_malloc
-    from lgun.fast_train import bf16_supported, optimize_for_training
+    from lgun.fast_train import bf16_supported, native_convs, optimize_for_training
     from lgun.model import LGUN
 
     torch.set_num_threads(threads)
@@ -154,15 +155,18 @@ def run(scale: int, threads: int, steps: int, batch: int, bf16: bool) -> dict[st
     lr = hr // scale
     x, y = torch.rand(batch, 3, lr, lr), torch.rand(batch, 3, hr, hr)
     ref = LGUN(scale=scale)
-    opt = optimize_for_training(copy.deepcopy(ref))
+    opt = optimize_for_training(copy.deepcopy(ref))  # native kernels where available
+    onednn = optimize_for_training(copy.deepcopy(ref), native=False) if native_convs(opt) else None
     assert list(opt.state_dict()) == list(ref.state_dict())
     diff, diff_param = _grad_diff(ref, opt, x, y)
     flops = 3 * 2 * count(ref.config, hr, hr).multi_adds * batch
     gemm, gemm_flops = _gemm(batch * lr * lr)
     use_bf16 = bf16 and bf16_supported()
     bf16_diff = _grad_diff(ref, copy.deepcopy(opt), x, y, autocast=True) if use_bf16 else None
-    variants = {"reference": _train_step(ref, x, y), "optimised": _train_step(opt, x, y),
-                "gemm": gemm}
+    variants = {"reference": _train_step(ref, x, y), "optimised": _train_step(opt, x, y)}
+    if onednn is not None:
+        variants["optimised-onednn"] = _train_step(onednn, x, y)
+    variants["gemm"] = gemm
     default = _phase(variants, steps)
     malloc = tune_malloc()
     if use_bf16:
@@ -189,6 +193,8 @@ def run(scale: int, threads: int, steps: int, batch: int, bf16: bool) -> dict[st
         "steps": steps, "cpu": _cpu_model(), "torch": torch.__version__,
         "loadavg_start_end": [], "tune_malloc": malloc,
         "bf16": {"requested": bf16, "native": bf16_supported(), "grad_rel_diff": bf16_diff},
+        "native_kernels": {"convs": native_convs(opt), "library": cpu_kernels.library_path(),
+                           "unavailable": cpu_kernels.build_error()},
         "train_gflop_per_step": flops / 1e9, "grad_rel_diff": diff, "grad_rel_diff_param":
         diff_param, "rows": rows,
         "overall_speedup": med(default["reference"]["wall"]) / med(tuned["optimised"]["wall"]),
@@ -205,15 +211,18 @@ def format_report(r: dict[str, Any]) -> str:
         f"{r['train_gflop_per_step']:.1f} GFLOP per step (3 x forward)",
         "wall: elapsed time; cpu: this process's CPU time (what a step costs while it holds a "
         "core); GFLOP/s and % GEMM on CPU time",
-        f"{'allocator':<12} {'step':<15} {'s/step':>7} {'cpu s':>7} {'samples/s':>10} "
+        f"{'allocator':<12} {'step':<16} {'s/step':>7} {'cpu s':>7} {'samples/s':>10} "
         f"{'GFLOP/s':>8} {'% GEMM':>7} {'speedup':>8} {'(cpu)':>7}",
     ]
     for row in r["rows"]:
         lines.append(
-            f"{row['phase']:<12} {row['step']:<15} {row['s_per_step']:7.3f} "
+            f"{row['phase']:<12} {row['step']:<16} {row['s_per_step']:7.3f} "
             f"{row['cpu_s_per_step']:7.3f} {row['samples_per_s']:10.2f} {row['gflops']:8.1f} "
             f"{100 * row['gflops'] / row['ceiling_gflops']:6.0f}% {row['speedup']:7.2f}x "
             f"{row['speedup_cpu']:6.2f}x")
+    nk = r["native_kernels"]
+    lines.append(f"optimised: depthwise convs on lgun.cpu_kernels ({nk['convs']} convs)"
+                 if nk["convs"] else f"optimised: oneDNN depthwise convs ({nk['unavailable']})")
     ceil = [row["ceiling_gflops"] for row in r["rows"]]
     lines += [
         f"GEMM ceiling ((B*h*w) x 64 @ 64 x 160 fp32): {min(ceil):.1f}-{max(ceil):.1f} GFLOP/s",

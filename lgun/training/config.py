@@ -256,7 +256,8 @@ class RuntimeConfig:
         amp: bf16 autocast on CUDA.
         compile: ``torch.compile`` the model on CUDA.
         fast_kernels: On CPU, ``lgun.fast_train.optimize_for_training`` (same gradients within
-            1e-4 relative; BENCHMARKS.md, ``pipelines.bench_train``).
+            1e-4 relative; BENCHMARKS.md, ``pipelines.bench_train``), with the depthwise convs
+            on ``lgun.cpu_kernels`` where they build (``LGUN_NATIVE_KERNELS=0``: oneDNN's).
         num_threads: ``torch.set_num_threads`` (0 = leave).
         data_workers: Processes making batches ahead of the loop (``lgun.training.batches``;
             0 = in the loop, right for a CPU run whose cores all train).

@@ -8,9 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lgun import LGUN, VARIANTS
+from lgun import LGUN, VARIANTS, cpu_kernels
 from lgun.fast import optimize_for_inference
-from lgun.fast_train import bf16_supported, dilated_depthwise_nhwc, optimize_for_training
+from lgun.fast_train import (
+    NATIVE_ATTR,
+    bf16_supported,
+    dilated_depthwise_nhwc,
+    native_convs,
+    optimize_for_training,
+)
 from lgun.layers import DilatedDepthwise
 
 TINY = dict(channels=16, num_blocks=2, num_heads=4)
@@ -48,38 +54,49 @@ def _assert_grads_close(ref: dict, opt: dict) -> None:
         assert diff <= GRAD_RTOL * scale + 1e-12, f"{name}: {diff:.3g} vs max {scale:.3g}"
 
 
-def _check(ref: LGUN, b: int, h: int, w: int, seed: int = 0) -> None:
+#: Both depthwise implementations: oneDNN's, and lgun.cpu_kernels where it builds.
+NATIVE = [False, pytest.param(True, marks=pytest.mark.skipif(
+    not cpu_kernels.available(), reason=f"native kernels: {cpu_kernels.build_error()}"))]
+
+
+def _check(ref: LGUN, b: int, h: int, w: int, seed: int = 0, native: bool = False) -> None:
     g = torch.Generator().manual_seed(seed)
     s = ref.scale
     x = torch.rand(b, 3, h, w, generator=g)
     y = torch.rand(b, 3, h * s, w * s, generator=g)
-    opt = optimize_for_training(copy.deepcopy(ref))
+    opt = optimize_for_training(copy.deepcopy(ref), native=native)
+    assert (native_convs(opt) > 0) == native
     out_ref, g_ref = _grads(ref, x, y)
     out_opt, g_opt = _grads(opt, x, y)
     torch.testing.assert_close(out_opt, out_ref, rtol=1e-4, atol=1e-5)
     _assert_grads_close(g_ref, g_opt)
 
 
+@pytest.mark.parametrize("native", NATIVE)
 @pytest.mark.parametrize("scale", [2, 4])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_tiny_gradients_equal_reference(scale: int, variant: str) -> None:
+def test_tiny_gradients_equal_reference(scale: int, variant: str, native: bool) -> None:
     torch.manual_seed(0)
     # 13 x 11: not a multiple of any dilation, sub-images smaller than some kernels.
-    _check(_perturbed(LGUN(scale=scale, variant=variant, **TINY), 1), 2, 13, 11)
+    _check(_perturbed(LGUN(scale=scale, variant=variant, **TINY), 1), 2, 13, 11,
+           native=native)
 
 
+@pytest.mark.parametrize("native", NATIVE)
 @pytest.mark.parametrize(("scale", "side"), [(2, 12), (4, 9)])
-def test_real_config_gradients_equal_reference(scale: int, side: int) -> None:
+def test_real_config_gradients_equal_reference(scale: int, side: int, native: bool) -> None:
     # Real width and depth. At 12: space-to-batch for (5, d=2), mosaic for (7, d=3) and a
     # cropped mosaic for (9, d=4); at 9 (x4): mosaics with 3 x 3 sub-images everywhere.
     torch.manual_seed(0)
-    _check(_perturbed(LGUN(scale=scale), 2), 1, side, side)
+    _check(_perturbed(LGUN(scale=scale), 2), 1, side, side, native=native)
 
 
+@pytest.mark.parametrize("native", NATIVE)
 @pytest.mark.parametrize(("k", "d", "side"), [(5, 2, 16), (7, 3, 11), (9, 4, 8), (9, 4, 5)])
-def test_dilated_layouts_equal_dilated_conv(k: int, d: int, side: int) -> None:
+def test_dilated_layouts_equal_dilated_conv(k: int, d: int, side: int, native: bool) -> None:
     torch.manual_seed(0)
     conv = DilatedDepthwise(4, k, d)
+    setattr(conv, NATIVE_ATTR, native)
     x = torch.randn(2, side + 1, side, 4, requires_grad=True)  # NHWC
     ref = F.conv2d(x.permute(0, 3, 1, 2), conv.weight, conv.bias, padding=conv.padding,
                    dilation=conv.dilation, groups=4).permute(0, 2, 3, 1)

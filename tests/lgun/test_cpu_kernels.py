@@ -1,0 +1,123 @@
+"""lgun.cpu_kernels: the native depthwise conv equals F.conv2d, forward and backward."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lgun import cpu_kernels
+
+needs_kernels = pytest.mark.skipif(not cpu_kernels.available(),
+                                   reason=f"native kernels: {cpu_kernels.build_error()}")
+
+
+@pytest.fixture
+def rebuild(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """Forget the process's build before and after a test that changes the environment."""
+    cpu_kernels._build.cache_clear()
+    yield monkeypatch
+    monkeypatch.undo()
+    cpu_kernels._build.cache_clear()
+
+
+def _reference(x, w, b, pad, d):
+    """F.conv2d in float64 on the NCHW view of NHWC ``x``; NHWC out."""
+    c = x.shape[-1]
+    y = F.conv2d(x.permute(0, 3, 1, 2), w, b, padding=pad, dilation=d, groups=c)
+    return y.permute(0, 2, 3, 1)
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    "b, h, w, c, k, d, pad, threads",
+    [
+        (2, 7, 9, 5, 3, 1, (1, 1), 1),      # C below one channel block
+        (3, 10, 6, 17, 7, 3, (9, 9), 2),    # a block and a tail; 'same'; two threads
+        (2, 5, 5, 8, 9, 4, (16, 16), 1),    # taps that only ever see padding
+        (4, 9, 11, 48, 5, 2, (0, 0), 3),    # 'valid': smaller output
+        (1, 6, 8, 32, 3, 1, (3, 2), 1),     # more padding than 'same', rows != columns
+        (5, 8, 8, 16, 1, 1, (0, 0), 2),     # 1x1
+        (3, 6, 7, 72, 3, 1, (1, 1), 2),     # a wide layer (the other weight-gradient loop)
+    ],
+)
+@pytest.mark.parametrize("bias", [True, False])
+def test_equals_conv2d(b, h, w, c, k, d, pad, threads, bias) -> None:
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(b * 100 + c)
+    x64 = torch.randn(b, h, w, c, generator=g, dtype=torch.float64, requires_grad=True)
+    w64 = torch.randn(c, 1, k, k, generator=g, dtype=torch.float64, requires_grad=True)
+    b64 = torch.randn(c, generator=g, dtype=torch.float64, requires_grad=True) if bias else None
+    y64 = _reference(x64, w64, b64, pad, d)
+    gy = torch.randn(y64.shape, generator=g, dtype=torch.float64)
+    y64.backward(gy)
+
+    x32, w32 = (t.detach().float().requires_grad_() for t in (x64, w64))
+    b32 = b64.detach().float().requires_grad_() if bias else None
+    y32 = cpu_kernels.depthwise_nhwc(x32, w32, b32, pad, d)
+    y32.backward(gy.float())
+
+    def close(a: torch.Tensor, ref: torch.Tensor) -> None:
+        assert a.shape == ref.shape
+        assert (a.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+    close(y32, y64.detach())
+    close(x32.grad, x64.grad)
+    close(w32.grad, w64.grad)
+    if bias:
+        close(b32.grad, b64.grad)
+
+
+@needs_kernels
+def test_strided_input_and_single_tensor_grads() -> None:
+    torch.set_num_threads(1)
+    nchw = torch.randn(2, 12, 6, 6)  # an NHWC view of it is not contiguous
+    x = nchw.permute(0, 2, 3, 1).requires_grad_()
+    w = torch.randn(12, 1, 3, 3)  # no grad wanted for the weight
+    y = cpu_kernels.depthwise_nhwc(x, w, None, (1, 1), 1)
+    y.sum().backward()
+    ref_x = x.detach().clone().requires_grad_()
+    _reference(ref_x, w, None, (1, 1), 1).sum().backward()
+    torch.testing.assert_close(y, _reference(x.detach(), w, None, (1, 1), 1))
+    torch.testing.assert_close(x.grad, ref_x.grad)
+
+
+@needs_kernels
+def test_rejects_what_it_cannot_compute() -> None:
+    x = torch.randn(1, 4, 4, 8)
+    with pytest.raises(ValueError, match="float32"):
+        cpu_kernels.depthwise_nhwc(x.double(), torch.randn(8, 1, 3, 3).double(), None, (1, 1), 1)
+    with pytest.raises(ValueError, match="not depthwise"):
+        cpu_kernels.depthwise_nhwc(x, torch.randn(4, 1, 3, 3), None, (1, 1), 1)
+
+
+def test_disabled_by_environment(rebuild: pytest.MonkeyPatch) -> None:
+    rebuild.setenv("LGUN_NATIVE_KERNELS", "0")
+    assert not cpu_kernels.available()
+    assert "LGUN_NATIVE_KERNELS=0" in cpu_kernels.build_error()
+    with pytest.raises(RuntimeError, match="unavailable"):
+        cpu_kernels.depthwise_nhwc(torch.randn(1, 4, 4, 8), torch.randn(8, 1, 3, 3), None,
+                                   (1, 1), 1)
+
+
+def test_no_or_broken_compiler_falls_back(rebuild: pytest.MonkeyPatch, tmp_path) -> None:
+    rebuild.setenv("LGUN_CACHE", str(tmp_path))
+    rebuild.setenv("CC", "no-such-compiler-here")
+    assert not cpu_kernels.available() and "no C compiler" in cpu_kernels.build_error()
+    cpu_kernels._build.cache_clear()
+    rebuild.setenv("CC", "false")  # exists, always fails
+    assert not cpu_kernels.available() and "failed" in cpu_kernels.build_error()
+    assert list(tmp_path.iterdir()) == []  # nothing half-written left in the cache
+
+
+@needs_kernels
+def test_builds_into_the_cache_once(rebuild: pytest.MonkeyPatch, tmp_path) -> None:
+    rebuild.setenv("LGUN_CACHE", str(tmp_path))
+    assert cpu_kernels.available()
+    built = list(tmp_path.glob("depthwise-*.so"))
+    assert len(built) == 1 and cpu_kernels.library_path() == str(built[0])
+    mtime = built[0].stat().st_mtime_ns
+    cpu_kernels._build.cache_clear()  # a new process: loads, does not rebuild
+    assert cpu_kernels.available() and built[0].stat().st_mtime_ns == mtime
