@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lgun.pack import MIB
 from lgun.paths import IMAGE_SUFFIXES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +30,6 @@ PACK = REPO / ".pack" / "natural.zip"
 BENCH = REPO / ".pack" / "benchmark"  # the data root layout: natural/benchmark/<set>/HR
 AERIAL = REPO / ".pack" / "aerial"  # the data root layout: aerial/<set>/<split>/<class>/...
 SETS = ("Set5", "Set14", "B100")
-MIB = 1 << 20
 TRAVEL_LIMIT = 64 * MIB  # working tree + carried paths, on the way to a GPU machine
 TRAVEL_MARGIN = 4 * MIB  # for files that others add before the window
 PACK_PATCH = 192  # natural crop side: a multiple of 2, 3 and 4, above every natural HR patch
