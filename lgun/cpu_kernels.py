@@ -139,11 +139,12 @@ def _chunks(batch: int) -> list[tuple[int, int]]:
 def _run(fn, ptrs: list[int], dims: tuple[int, ...], batch: int,
          per_chunk: list[list[int]] | None = None) -> None:
     """Call ``fn(*ptrs, b0, b1, *dims)`` over the batch's chunks, in parallel if > 1."""
-    chunks = _chunks(batch)
+    chunks = _chunks(batch) if batch else []
     calls = [(fn, *ptrs, *(per_chunk[i] if per_chunk else []), b0, b1, *dims)
              for i, (b0, b1) in enumerate(chunks)]
-    if len(calls) == 1:
-        calls[0][0](*calls[0][1:])
+    if len(calls) <= 1:
+        for c in calls:
+            c[0](*c[1:])
         return
     list(_pool(len(calls)).map(lambda c: c[0](*c[1:]), calls))
 
@@ -182,13 +183,13 @@ class _Depthwise(torch.autograd.Function):
             _run(lib.lgun_dw_backward_input, [gy.data_ptr(), wk.data_ptr(), gx.data_ptr()],
                  dims, b)
         if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
-            n = len(_chunks(b))
+            n = len(_chunks(b)) if b else 0
             # per chunk: gw and gb (row 0), the kernel's scratch of the same size (row 1)
             buf = x.new_empty(n, 2, kh * kw * c + c)
             per = [[buf[i, r, o].data_ptr() for r in (0, 1) for o in (0, kh * kw * c)]
                    for i in range(n)]
             _run(lib.lgun_dw_backward_weight, [x.data_ptr(), gy.data_ptr()], dims, b, per)
-            tot = buf[:, 0].sum(0) if n > 1 else buf[0, 0]
+            tot = buf[0, 0] if n == 1 else buf[:, 0].sum(0)  # zeros for an empty batch
             gw = tot[:kh * kw * c].view(kh, kw, c).permute(2, 0, 1).reshape(ctx.wshape)
             gb = tot[kh * kw * c:].clone() if ctx.has_bias else None
         return gx, gw, gb, None, None
@@ -214,7 +215,12 @@ def depthwise_nhwc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 4:
         raise ValueError(f"expected a 4-D float32 CPU tensor, got {x.dtype} {tuple(x.shape)} "
                          f"on {x.device}")
-    if weight.shape[0] != x.shape[-1] or weight.shape[1] != 1:
+    if weight.dim() != 4 or weight.shape[0] != x.shape[-1] or weight.shape[1] != 1:
         raise ValueError(f"weight {tuple(weight.shape)} is not depthwise for C={x.shape[-1]}")
+    kh, kw = weight.shape[-2:]
+    if min(x.shape[1] + 2 * padding[0] - dilation * (kh - 1),
+           x.shape[2] + 2 * padding[1] - dilation * (kw - 1)) < 1 or dilation < 1:
+        raise ValueError(f"a {kh}x{kw} kernel with dilation {dilation} and padding "
+                         f"{tuple(padding)} does not fit a {x.shape[1]}x{x.shape[2]} input")
     return _Depthwise.apply(x, weight, bias, tuple(padding), int(dilation))
 

@@ -91,6 +91,22 @@ def test_rejects_what_it_cannot_compute() -> None:
         cpu_kernels.depthwise_nhwc(x.double(), torch.randn(8, 1, 3, 3).double(), None, (1, 1), 1)
     with pytest.raises(ValueError, match="not depthwise"):
         cpu_kernels.depthwise_nhwc(x, torch.randn(4, 1, 3, 3), None, (1, 1), 1)
+    with pytest.raises(ValueError, match="not depthwise"):
+        cpu_kernels.depthwise_nhwc(x, torch.randn(8, 3, 3), None, (1, 1), 1)
+    with pytest.raises(ValueError, match="does not fit"):
+        cpu_kernels.depthwise_nhwc(x, torch.randn(8, 1, 7, 7), None, (0, 0), 1)
+
+
+@needs_kernels
+def test_empty_batch() -> None:
+    torch.set_num_threads(2)
+    x = torch.randn(0, 5, 5, 8, requires_grad=True)
+    w = torch.randn(8, 1, 3, 3, requires_grad=True)
+    b = torch.randn(8, requires_grad=True)
+    y = cpu_kernels.depthwise_nhwc(x, w, b, (1, 1), 1)
+    assert y.shape == (0, 5, 5, 8)
+    y.sum().backward()
+    assert x.grad.shape == x.shape and not w.grad.any() and not b.grad.any()
 
 
 def test_disabled_by_environment(rebuild: pytest.MonkeyPatch) -> None:
