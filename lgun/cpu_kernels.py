@@ -31,7 +31,7 @@ import torch
 
 __all__ = ["available", "build_error", "depthwise_nhwc", "library_path"]
 
-_SOURCES = (Path(__file__).with_name("csrc") / "depthwise.c",)
+_SOURCE = Path(__file__).with_name("csrc") / "depthwise.c"
 _FLAGS = ("-O3", "-std=gnu11", "-shared", "-fPIC")
 _NATIVE = ("-march=native",)  # tried first; a compiler that refuses it gets the plain flags
 
@@ -68,8 +68,7 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     cc = _compiler()
     if cc is None:
         return None, "no C compiler ($CC or cc) on PATH"
-    parts = [p.read_bytes() for p in _SOURCES]
-    key = hashlib.sha256(b"\0".join([*parts, " ".join(_FLAGS + _NATIVE).encode(),
+    key = hashlib.sha256(b"\0".join([_SOURCE.read_bytes(), " ".join(_FLAGS + _NATIVE).encode(),
                                      _cpu_flags().encode(), cc.encode()])).hexdigest()[:16]
     out = _cache_dir() / f"depthwise-{key}.so"
     err = ""
@@ -84,8 +83,8 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
         os.close(fd)
         for flags in (_FLAGS + _NATIVE, _FLAGS):
             try:
-                r = subprocess.run([cc, *flags, "-o", tmp, *map(str, _SOURCES)],
-                                   capture_output=True, text=True, timeout=300)
+                r = subprocess.run([cc, *flags, "-o", tmp, str(_SOURCE)], capture_output=True,
+                                   text=True, timeout=300)
             except (OSError, subprocess.TimeoutExpired) as e:
                 err = str(e)
                 continue
@@ -95,7 +94,7 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
             err = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
         else:
             Path(tmp).unlink(missing_ok=True)
-            return None, f"compiling lgun/csrc failed: {err}"
+            return None, f"compiling {_SOURCE.name} failed: {err}"
     try:
         lib = ctypes.CDLL(str(out))
     except OSError as e:

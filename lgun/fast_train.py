@@ -393,7 +393,6 @@ def optimize_for_training(model: LGUN, native: bool | None = None) -> LGUN:
             m.__class__ = new
         elif type(m) not in _SWAPS.values() and isinstance(m, tuple(_SWAPS)):
             raise TypeError(f"unsupported subclass {type(m).__name__}")
-    for m in model.modules():
         if _is_depthwise(m):
             setattr(m, NATIVE_ATTR, native)
     return model

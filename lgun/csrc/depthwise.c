@@ -20,78 +20,64 @@
 #define WIDE 64 /* from this many channels the weight gradient loops over pixels first */
 #define INLINE static inline __attribute__((always_inline))
 
-/* One block of n <= CB channels of one output pixel: the sum over the taps in registers.
- * `n` is the constant CB on the hot path (the compiler unrolls it into vector FMAs). */
-INLINE void fwd_block(const float *restrict x, const float *restrict w, const float *restrict bias,
-                      float *restrict o, int n, int b, int oy, int ox, int H, int W, int C,
-                      int KH, int KW, int ph, int pw, int d) {
+/* The forward and the input gradient are one tap sum: out(y, x) = init + sum over taps (i, j)
+ * of w(i, j) * src(y + dir (i d - ph), x + dir (j d - pw)), taps outside src skipped. The
+ * forward reads x with dir = +1 (init: the bias); the input gradient is the transposed conv,
+ * reading gy with the taps mirrored, dir = -1 (no init). `dir` is a constant at each call,
+ * so the compiler specialises both. */
+
+/* One block of n <= CB channels of one output pixel, summed in registers. `n` is the
+ * constant CB on the hot path (the compiler unrolls it into vector FMAs). */
+INLINE void tap_block(const float *restrict src, const float *restrict w,
+                      const float *restrict init, float *restrict o, int n, int b, int y, int x,
+                      int Hs, int Ws, int C, int KH, int KW, int ph, int pw, int d, int dir) {
   float acc[CB];
-  for (int c = 0; c < n; c++) acc[c] = bias ? bias[c] : 0.f;
+  for (int c = 0; c < n; c++) acc[c] = init ? init[c] : 0.f;
   for (int i = 0; i < KH; i++) {
-    const int iy = oy - ph + i * d;
-    if (iy < 0 || iy >= H) continue;
+    const int sy = y + dir * (i * d - ph);
+    if (sy < 0 || sy >= Hs) continue;
     for (int j = 0; j < KW; j++) {
-      const int ix = ox - pw + j * d;
-      if (ix < 0 || ix >= W) continue;
-      const float *restrict s = PIX(x, b, iy, ix, H, W, C);
+      const int sx = x + dir * (j * d - pw);
+      if (sx < 0 || sx >= Ws) continue;
+      const float *restrict s = PIX(src, b, sy, sx, Hs, Ws, C);
       const float *restrict k = w + ((size_t)i * KW + j) * C;
       for (int c = 0; c < n; c++) acc[c] += k[c] * s[c];
     }
   }
   for (int c = 0; c < n; c++) o[c] = acc[c];
+}
+
+/* dst [B, Hd, Wd, C] (items [b0, b1)) from src [B, Hs, Ws, C], see above. */
+INLINE void tap_sum(const float *restrict src, const float *restrict w,
+                    const float *restrict init, float *restrict dst, int b0, int b1, int Hs,
+                    int Ws, int Hd, int Wd, int C, int KH, int KW, int ph, int pw, int d,
+                    int dir) {
+  for (int b = b0; b < b1; b++)
+    for (int y = 0; y < Hd; y++)
+      for (int x = 0; x < Wd; x++)
+        for (int c0 = 0; c0 < C; c0 += CB) {
+          float *o = PIX(dst, b, y, x, Hd, Wd, C) + c0;
+          const float *in = init ? init + c0 : NULL;
+          if (C - c0 >= CB)
+            tap_block(src + c0, w + c0, in, o, CB, b, y, x, Hs, Ws, C, KH, KW, ph, pw, d, dir);
+          else
+            tap_block(src + c0, w + c0, in, o, C - c0, b, y, x, Hs, Ws, C, KH, KW, ph, pw, d,
+                      dir);
+        }
 }
 
 /* y = conv(x, w) + bias (bias may be NULL). */
-void lgun_dw_forward(const float *restrict x, const float *restrict w, const float *restrict bias,
-                     float *restrict y, int b0, int b1, int H, int W, int C, int KH, int KW,
-                     int ph, int pw, int d, int Ho, int Wo) {
-  for (int b = b0; b < b1; b++)
-    for (int oy = 0; oy < Ho; oy++)
-      for (int ox = 0; ox < Wo; ox++)
-        for (int c0 = 0; c0 < C; c0 += CB) {
-          float *o = PIX(y, b, oy, ox, Ho, Wo, C) + c0;
-          const float *bb = bias ? bias + c0 : NULL;
-          if (C - c0 >= CB)
-            fwd_block(x + c0, w + c0, bb, o, CB, b, oy, ox, H, W, C, KH, KW, ph, pw, d);
-          else
-            fwd_block(x + c0, w + c0, bb, o, C - c0, b, oy, ox, H, W, C, KH, KW, ph, pw, d);
-        }
+void lgun_dw_forward(const float *x, const float *w, const float *bias, float *y, int b0,
+                     int b1, int H, int W, int C, int KH, int KW, int ph, int pw, int d, int Ho,
+                     int Wo) {
+  tap_sum(x, w, bias, y, b0, b1, H, W, Ho, Wo, C, KH, KW, ph, pw, d, 1);
 }
 
-/* gx = dL/dx from gy = dL/dy: the transposed conv, i.e. the forward with the taps mirrored
- * (tap (i, j) of output (oy, ox) reads input (oy - ph + i d, ox - pw + j d)). */
-INLINE void bwd_in_block(const float *restrict gy, const float *restrict w, float *restrict o,
-                         int n, int b, int iy, int ix, int C, int KH, int KW, int ph, int pw,
-                         int d, int Ho, int Wo) {
-  float acc[CB];
-  for (int c = 0; c < n; c++) acc[c] = 0.f;
-  for (int i = 0; i < KH; i++) {
-    const int oy = iy + ph - i * d;
-    if (oy < 0 || oy >= Ho) continue;
-    for (int j = 0; j < KW; j++) {
-      const int ox = ix + pw - j * d;
-      if (ox < 0 || ox >= Wo) continue;
-      const float *restrict s = PIX(gy, b, oy, ox, Ho, Wo, C);
-      const float *restrict k = w + ((size_t)i * KW + j) * C;
-      for (int c = 0; c < n; c++) acc[c] += k[c] * s[c];
-    }
-  }
-  for (int c = 0; c < n; c++) o[c] = acc[c];
-}
-
-void lgun_dw_backward_input(const float *restrict gy, const float *restrict w,
-                            float *restrict gx, int b0, int b1, int H, int W, int C, int KH,
-                            int KW, int ph, int pw, int d, int Ho, int Wo) {
-  for (int b = b0; b < b1; b++)
-    for (int iy = 0; iy < H; iy++)
-      for (int ix = 0; ix < W; ix++)
-        for (int c0 = 0; c0 < C; c0 += CB) {
-          float *o = PIX(gx, b, iy, ix, H, W, C) + c0;
-          if (C - c0 >= CB)
-            bwd_in_block(gy + c0, w + c0, o, CB, b, iy, ix, C, KH, KW, ph, pw, d, Ho, Wo);
-          else
-            bwd_in_block(gy + c0, w + c0, o, C - c0, b, iy, ix, C, KH, KW, ph, pw, d, Ho, Wo);
-        }
+/* gx = dL/dx from gy = dL/dy. */
+void lgun_dw_backward_input(const float *gy, const float *w, float *gx, int b0, int b1, int H,
+                            int W, int C, int KH, int KW, int ph, int pw, int d, int Ho,
+                            int Wo) {
+  tap_sum(gy, w, NULL, gx, b0, b1, Ho, Wo, H, W, C, KH, KW, ph, pw, d, -1);
 }
 
 /* One tap (i, j) and one block of channels over one output row: sum_ox gy * x in registers,
