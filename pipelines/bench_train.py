@@ -8,7 +8,10 @@ HR / scale), random weights and data (speed does not depend on them). A *step* i
 ``lgun.train`` does per batch: forward, ``F.l1_loss``, backward, ``torch.optim.AdamW.step``.
 
 * ``reference``: the eager ``LGUN`` of ``lgun/model.py`` as the training loop runs it;
-* ``optimised``: the same weights after ``lgun.fast_train.optimize_for_training``.
+* ``optimised``: the same weights after ``lgun.fast_train.optimize_for_training``, stepped
+  by the optimiser ``lgun.train`` makes (``lgun.training.optim.make_optimizer``: torch's fused
+  AdamW kernel instead of the default per-parameter loop; the same update up to fp32 rounding,
+  tested in ``tests/lgun/test_train.py``).
 
 The allocator setting (``lgun.fast.tune_malloc``, part of ``training_setup``) is
 process-wide and cannot be undone, so the run has two phases: first with glibc's default
@@ -78,12 +81,22 @@ def _grad_diff(ref: Any, opt: Any, x: Any, y: Any, autocast: bool = False) -> tu
     return worst, name
 
 
-def _train_step(model: Any, x: Any, y: Any, autocast: bool = False) -> Callable[[], None]:
-    """One recipe step (forward, L1, backward, AdamW) of ``model`` on a fixed batch."""
+def _train_step(model: Any, x: Any, y: Any, autocast: bool = False,
+                optimised: bool = True) -> Callable[[], None]:
+    """One recipe step (forward, L1, backward, AdamW) of ``model`` on a fixed batch.
+
+    ``optimised``: the optimiser ``lgun.train`` makes (``make_optimizer``: torch's fused
+    AdamW kernel); otherwise ``torch.optim.AdamW``'s default, a Python loop over parameters.
+    """
     import torch
     import torch.nn.functional as F
 
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.999), weight_decay=1e-4)
+    from lgun.training.config import OptimConfig
+    from lgun.training.optim import make_optimizer
+
+    recipe = OptimConfig(name="adamw", learning_rate=5e-4, betas=(0.9, 0.999), weight_decay=1e-4)
+    opt = (make_optimizer(model.parameters(), recipe) if optimised else
+           torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.999), weight_decay=1e-4))
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
@@ -163,7 +176,8 @@ def run(scale: int, threads: int, steps: int, batch: int, bf16: bool) -> dict[st
     gemm, gemm_flops = _gemm(batch * lr * lr)
     use_bf16 = bf16 and bf16_supported()
     bf16_diff = _grad_diff(ref, copy.deepcopy(opt), x, y, autocast=True) if use_bf16 else None
-    variants = {"reference": _train_step(ref, x, y), "optimised": _train_step(opt, x, y)}
+    variants = {"reference": _train_step(ref, x, y, optimised=False),
+                "optimised": _train_step(opt, x, y)}
     if onednn is not None:
         variants["optimised-onednn"] = _train_step(onednn, x, y)
     variants["gemm"] = gemm

@@ -18,7 +18,7 @@ from lgun.imresize import bicubic_downscale
 from lgun.model import LGUNConfig
 from lgun.train import OptimConfig, PublishConfig, ScheduleConfig, TrainConfig, train
 from lgun.training.batches import BatchStream
-from lgun.training.optim import configure_optimizer, make_optimizer
+from lgun.training.optim import configure_optimizer, make_ema, make_optimizer, update_ema
 from lgun.training.publish import publish
 from lgun.training.schedule import lr_factor, progress
 from lgun.training.warmstart import build_model, fit_reconstruction
@@ -169,7 +169,7 @@ def test_optimizer_choice_coupled_vs_decoupled_weight_decay() -> None:
             opt.zero_grad()
             (0 * w).sum().backward()  # no gradient: a layer behind a zeroed output
             opt.step()
-        return float(w[0])
+        return float(w[0].detach())
 
     assert run("adam") == pytest.approx(0.1 - 20 * 1e-3, rel=0.02)  # collapses
     assert run("adamw") == pytest.approx(0.1 * (1 - 1e-3 * 1e-4) ** 20, rel=1e-4)
@@ -183,6 +183,50 @@ def test_optimizer_choice_coupled_vs_decoupled_weight_decay() -> None:
     configure_optimizer(opt, adamw_cfg)
     assert opt.param_groups[0]["weight_decay"] == 0.0
     assert opt.param_groups[0].get("decoupled_weight_decay", True)
+
+
+def test_fused_optimizer_matches_the_loop_and_resumes() -> None:
+    """The fused kernel (chosen on CPU) takes the for-loop AdamW's steps up to fp32 rounding,
+    and a checkpoint of a for-loop run resumes on it."""
+    torch.manual_seed(0)
+    cfg = OptimConfig(name="adamw", learning_rate=1e-3, weight_decay=1e-4)
+    fused = [torch.nn.Parameter(torch.randn(8, 5)), torch.nn.Parameter(torch.randn(3))]
+    loop = [torch.nn.Parameter(p.detach().clone()) for p in fused]
+    opt = make_optimizer(fused, cfg)
+    ref = torch.optim.AdamW(loop, lr=1e-3, weight_decay=1e-4, fused=False, foreach=False)
+    assert opt.param_groups[0]["fused"]
+    for _ in range(30):
+        for p, q in zip(fused, loop, strict=True):
+            g = torch.randn_like(p)
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+    for p, q in zip(fused, loop, strict=True):
+        assert not torch.equal(p, torch.zeros_like(p))
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+    resumed = make_optimizer(fused, cfg)
+    resumed.load_state_dict(ref.state_dict())  # its groups say fused=None
+    configure_optimizer(resumed, cfg)
+    assert resumed.param_groups[0]["fused"]
+    before = fused[0].detach().clone()
+    fused[0].grad = torch.ones_like(fused[0])
+    resumed.step()
+    assert not torch.equal(before, fused[0])
+
+
+def test_ema_update_matches_per_parameter_lerp() -> None:
+    model = LGUN(scale=2, **TINY)
+    ema = make_ema(model, 0.9)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    want = [pe + (p - pe) * (1 - min(0.9, 6 / 15)) for pe, p
+            in zip(ema.parameters(), model.parameters(), strict=True)]
+    update_ema(ema, model, 0.9, step=5)
+    for got, w in zip(ema.parameters(), want, strict=True):
+        torch.testing.assert_close(got, w)
+    with pytest.raises(ValueError, match="parameters"):
+        update_ema(ema, LGUN(scale=2), 0.9, step=0)
 
 
 def test_publish_only_when_better(tmp_path: Path) -> None:
