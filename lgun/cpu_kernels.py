@@ -138,7 +138,7 @@ def _chunks(batch: int) -> list[tuple[int, int]]:
 def _run(fn, ptrs: list[int], dims: tuple[int, ...], batch: int,
          per_chunk: list[list[int]] | None = None) -> None:
     """Call ``fn(*ptrs, b0, b1, *dims)`` over the batch's chunks, in parallel if > 1."""
-    chunks = _chunks(batch) if batch else []
+    chunks = _chunks(batch)  # [] for an empty batch
     calls = [(fn, *ptrs, *(per_chunk[i] if per_chunk else []), b0, b1, *dims)
              for i, (b0, b1) in enumerate(chunks)]
     if len(calls) <= 1:
@@ -182,7 +182,7 @@ class _Depthwise(torch.autograd.Function):
             _run(lib.lgun_dw_backward_input, [gy.data_ptr(), wk.data_ptr(), gx.data_ptr()],
                  dims, b)
         if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
-            n = len(_chunks(b)) if b else 0
+            n = len(_chunks(b))
             # per chunk: gw and gb (row 0), the kernel's scratch of the same size (row 1)
             buf = x.new_empty(n, 2, kh * kw * c + c)
             per = [[buf[i, r, o].data_ptr() for r in (0, 1) for o in (0, kh * kw * c)]

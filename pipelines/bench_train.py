@@ -96,7 +96,8 @@ def _train_step(model: Any, x: Any, y: Any, autocast: bool = False,
 
     recipe = OptimConfig(name="adamw", learning_rate=5e-4, betas=(0.9, 0.999), weight_decay=1e-4)
     opt = (make_optimizer(model.parameters(), recipe) if optimised else
-           torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.999), weight_decay=1e-4))
+           torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, betas=recipe.betas,
+                             weight_decay=recipe.weight_decay))
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
