@@ -1,10 +1,11 @@
-"""Native CPU kernels for training: depthwise convolution of NHWC float32 tensors.
+"""Native CPU kernels for training on NHWC float32 tensors: depthwise conv, scaled GELU.
 
 ``depthwise_nhwc(x, weight, bias, padding, dilation)`` equals
 ``F.conv2d(x_nchw, weight, bias, padding=padding, dilation=dilation, groups=C)`` in NHWC
-layout, forward and backward (gradients equal within fp32 rounding:
-``tests/lgun/test_cpu_kernels.py``), and is what ``lgun.fast_train`` uses for LGUN's depthwise
-convs when ``available()``. The kernels are plain C (``lgun/csrc/depthwise.c``, why there),
+layout, and ``scale_gelu(t, s)`` equals ``F.gelu(t * s[:, None, None, :])`` (the FFN's SE
+scale and GELU), forward and backward (gradients equal within fp32 rounding:
+``tests/lgun/test_cpu_kernels.py``); ``lgun.fast_train`` uses them for LGUN's depthwise convs
+and FFNs when ``available()``. The kernels are plain C (``lgun/csrc/*.c``, why there),
 compiled on first use with the system C compiler (``$CC``, else ``cc``) for this CPU
 (``-march=native``) into ``$LGUN_CACHE`` (default ``$XDG_CACHE_HOME/lgun``, else
 ``~/.cache/lgun``), keyed by the source, the flags and the CPU's feature flags; loaded with
@@ -29,10 +30,12 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "build_error", "depthwise_nhwc", "library_path"]
+__all__ = ["available", "build_error", "depthwise_nhwc", "library_path", "scale_gelu"]
 
-_SOURCE = Path(__file__).with_name("csrc") / "depthwise.c"
-_FLAGS = ("-O3", "-std=gnu11", "-shared", "-fPIC")
+_SOURCES = tuple(Path(__file__).with_name("csrc") / n for n in ("depthwise.c", "scale_gelu.c"))
+# -fno-trapping-math (no FP exceptions are ever read): without it the compiler keeps the
+# comparisons and float-to-int conversions of scale_gelu.c's exp and erf out of vector code.
+_FLAGS = ("-O3", "-std=gnu11", "-fno-trapping-math", "-shared", "-fPIC")
 _NATIVE = ("-march=native",)  # tried first; a compiler that refuses it gets the plain flags
 
 
@@ -68,9 +71,10 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     cc = _compiler()
     if cc is None:
         return None, "no C compiler ($CC or cc) on PATH"
-    key = hashlib.sha256(b"\0".join([_SOURCE.read_bytes(), " ".join(_FLAGS + _NATIVE).encode(),
-                                     _cpu_flags().encode(), cc.encode()])).hexdigest()[:16]
-    out = _cache_dir() / f"depthwise-{key}.so"
+    parts = [*(f.read_bytes() for f in _SOURCES), " ".join(_FLAGS + _NATIVE).encode(),
+             _cpu_flags().encode(), cc.encode()]
+    key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+    out = _cache_dir() / f"kernels-{key}.so"
     err = ""
     if not out.is_file():
         # A private name, then an atomic rename: concurrent trainings may build at once.
@@ -83,8 +87,8 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
         os.close(fd)
         for flags in (_FLAGS + _NATIVE, _FLAGS):
             try:
-                r = subprocess.run([cc, *flags, "-o", tmp, str(_SOURCE)], capture_output=True,
-                                   text=True, timeout=300)
+                r = subprocess.run([cc, *flags, "-o", tmp, *map(str, _SOURCES)],
+                                   capture_output=True, text=True, timeout=300)
             except (OSError, subprocess.TimeoutExpired) as e:
                 err = str(e)
                 continue
@@ -94,13 +98,15 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
             err = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
         else:
             Path(tmp).unlink(missing_ok=True)
-            return None, f"compiling {_SOURCE.name} failed: {err}"
+            return None, f"compiling {', '.join(f.name for f in _SOURCES)} failed: {err}"
     try:
         lib = ctypes.CDLL(str(out))
     except OSError as e:
         return None, f"loading {out.name} failed: {e}"
     for name, n_ptr, n_int in (("lgun_dw_forward", 4, 12), ("lgun_dw_backward_input", 3, 12),
-                               ("lgun_dw_backward_weight", 6, 12)):
+                               ("lgun_dw_backward_weight", 6, 12),
+                               ("lgun_scale_gelu_forward", 3, 4),
+                               ("lgun_scale_gelu_backward", 6, 4)):
         fn = getattr(lib, name)
         fn.argtypes = [ctypes.c_void_p] * n_ptr + [ctypes.c_int] * n_int
         fn.restype = None
@@ -223,3 +229,52 @@ def depthwise_nhwc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
                          f"{tuple(padding)} does not fit a {x.shape[1]}x{x.shape[2]} input")
     return _Depthwise.apply(x, weight, bias, tuple(padding), int(dilation))
 
+
+
+class _ScaleGelu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t, s):  # type: ignore[override]
+        lib = _build()[0]
+        b, c = t.shape[0], t.shape[-1]
+        t, s = t.contiguous(), s.contiguous()
+        y = torch.empty_like(t)
+        _run(lib.lgun_scale_gelu_forward, [t.data_ptr(), s.data_ptr(), y.data_ptr()],
+             (t[0].numel() // c if b else 0, c), b)
+        ctx.save_for_backward(t, s)  # not t * s: the backward recomputes it in registers
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):  # type: ignore[override]
+        lib = _build()[0]
+        t, s = ctx.saved_tensors
+        b, c = t.shape[0], t.shape[-1]
+        gy = gy.contiguous()
+        gt, gs = torch.empty_like(t), torch.empty_like(s)
+        n = len(_chunks(b))
+        acc = t.new_empty(n, 2 * c)  # per chunk: the kernel's scratch
+        _run(lib.lgun_scale_gelu_backward,
+             [gy.data_ptr(), t.data_ptr(), s.data_ptr(), gt.data_ptr(), gs.data_ptr()],
+             (t[0].numel() // c if b else 0, c), b, [[acc[i].data_ptr()] for i in range(n)])
+        return gt, gs
+
+
+def scale_gelu(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``F.gelu(t * s[:, None, None, :])`` (exact GELU) of NHWC float32 ``t`` on the CPU.
+
+    Args:
+        t: (B, H, W, C) float32 CPU tensor.
+        s: (B, C) per-sample channel scales, float32 on the CPU.
+
+    Raises:
+        RuntimeError: the kernels are not ``available()``.
+        ValueError: not float32 CPU tensors, or shapes that do not match.
+    """
+    if not available():
+        raise RuntimeError(f"lgun native kernels unavailable: {build_error()}")
+    for name, v, dims in (("t", t, 4), ("s", s, 2)):
+        if v.dtype != torch.float32 or v.device.type != "cpu" or v.dim() != dims:
+            raise ValueError(f"expected {name} as a {dims}-D float32 CPU tensor, got {v.dtype} "
+                             f"{tuple(v.shape)} on {v.device}")
+    if s.shape != (t.shape[0], t.shape[-1]):
+        raise ValueError(f"scales {tuple(s.shape)} do not match t {tuple(t.shape)}")
+    return _ScaleGelu.apply(t, s)

@@ -28,12 +28,15 @@ memory passes and by the depthwise convs more than by its GEMMs:
   one larger image; there the sub-images are laid out as a *mosaic*, one canvas per sample,
   separated by zero rows and columns so that a dense conv never mixes them (``_mosaic``:
   1.13x on the whole x4 step), and taps that can only ever see padding are cropped;
-* DGSA: q k^T of all heads is one (C x N) @ (N x C) GEMM on strided views of the qkv tensor
-  (heads' blocks are its diagonal), q and k are normalised through the Dh x Dh scores, and
-  attn @ V and proj_out are one GEMM with ``W_out @ blockdiag(attn)``;
-* FFN: the SE scale and GELU are one autograd node that keeps only its inputs
-  (``_ScaleGelu``), and the SE mean's backward is a broadcast view (with ``_SquaredNorm``:
-  1-4% of the step, and fewer saved activations).
+* DGSA from its qkv tensor on is one autograd node (``lgun.fast_ops.ChannelAttention``):
+  q k^T of all heads is one (C x N) @ (N x C) GEMM on strided views of the qkv tensor
+  (heads' blocks are its diagonal), q and k are normalised through the Dh x Dh scores,
+  attn @ V and proj_out are one GEMM with ``W_out @ blockdiag(attn)``, and the backward
+  writes the gradients of q, k (norms included) and V with two GEMMs into one tensor;
+* FFN: the SE scale and GELU are one autograd node that keeps only its inputs: with the
+  native kernels ``lgun.cpu_kernels.scale_gelu`` (one pass over the activation forward and
+  one backward, where eager makes six), else ``lgun.fast_ops.ScaleGelu`` (the same from
+  PyTorch ops); the SE mean's backward is a broadcast view (``MeanHW``).
 
 Measured and left out: oneDNN's matmul for the 1x1 convs (fast in inference, ``lgun.fast``;
 neutral to 4% slower over a whole training step), an input gradient by the flipped-kernel
@@ -60,6 +63,7 @@ from torch import nn
 
 from lgun import cpu_kernels
 from lgun.fast import tune_malloc
+from lgun.fast_ops import ChannelAttention, MeanHW, ScaleGelu
 from lgun.layers import DilatedDepthwise, LayerNorm2d
 from lgun.model import DGSA, FFN, LGUN, LKCS, MLHA, LGUBlock
 
@@ -195,61 +199,6 @@ def dilated_depthwise_nhwc(x: torch.Tensor, conv: DilatedDepthwise) -> torch.Ten
     return y[:, :h, :w].contiguous() if (hp, wp) != (h, w) else y
 
 
-class _MeanHW(torch.autograd.Function):
-    """Spatial mean of NHWC ``t`` -> (B, C); the backward is a broadcast view, not a tensor."""
-
-    @staticmethod
-    def forward(ctx, t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        ctx.shape = t.shape
-        return t.mean(dim=(1, 2))
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        b, h, w, c = ctx.shape
-        return (g / (h * w))[:, None, None, :].expand(b, h, w, c)
-
-
-class _ScaleGelu(torch.autograd.Function):
-    """``GELU(t * s)`` for NHWC ``t`` and per-sample channel scales ``s`` (B, C).
-
-    Keeps only ``t`` and ``s`` (eager autograd also keeps ``t * s``) and recomputes the
-    product in the backward, where it is consumed at once.
-    """
-
-    @staticmethod
-    def forward(ctx, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(t, s)
-        return torch.ops.aten.gelu_(t * s[:, None, None, :])
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        t, s = ctx.saved_tensors
-        s4 = s[:, None, None, :]
-        gu = torch.ops.aten.gelu_backward(g.contiguous(), t * s4)  # dL/d(t s)
-        b, c = s.shape
-        # dL/ds = sum over pixels of dL/du * t: (B, N, C) . (B, N, C) over N
-        gs = torch.linalg.vecdot(gu.view(b, -1, c), t.reshape(b, -1, c), dim=1)
-        return gu.mul_(s4), gs
-
-
-class _SquaredNorm(torch.autograd.Function):
-    """Squared L2 norm over the tokens of (B, N, C) ``x`` (strided views welcome) -> (B, C).
-
-    ``vecdot(x, x)``'s own backward materialises ``x * g`` twice (once per operand) and
-    adds them; this one writes ``2 g x`` once.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x)
-        return torch.linalg.vecdot(x, x, dim=1)
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        (x,) = ctx.saved_tensors
-        return x * (2 * g)[:, None, :]
-
-
 def _normalise(x: torch.Tensor, norm: LayerNorm2d) -> torch.Tensor:
     """``norm`` over the channel (last) dim of NHWC ``x``.
 
@@ -296,21 +245,9 @@ class _TrainMLHA(MLHA):
 class _TrainDGSA(DGSA):
     def forward_nhwc(self, n: torch.Tensor) -> torch.Tensor:
         b, h, w, c = n.shape
-        heads, dh = self.num_heads, c // self.num_heads
-        qkv = _depthwise(_linear(n, self.qkv), self.qkv_dw)
-        # split, not slicing: its backward is one cat (slices' each zero-fill a (B, N, 3C))
-        q, k, v = qkv.view(b, h * w, 3 * c).split(c, dim=-1)  # strided (B, N, C) views
-        gram = torch.bmm(q.transpose(1, 2), k)  # (B, C, C); heads' blocks on the diagonal
-        # (B, heads, Dh, heads, Dh) -> (B, Dh, Dh, heads) -> (B, heads, Dh, Dh)
-        scores = gram.view(b, heads, dh, heads, dh).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)
-        # F.normalize over tokens, applied to the Dh x Dh scores instead of to q and k.
-        nq = _SquaredNorm.apply(q).sqrt().clamp_min(1e-12).view(b, heads, dh, 1)
-        nk = _SquaredNorm.apply(k).sqrt().clamp_min(1e-12).view(b, heads, 1, dh)
-        attn = self.combine_stages(scores / (nq * nk) * self.temperature)
-        # proj_out(attn @ V) = V @ M^T + b with M = W_out @ blockdiag(attn): (B, C, C)
-        w_out = self.proj_out.weight.view(c, heads, dh)
-        m = torch.einsum("ohi,bhij->bohj", w_out, attn).reshape(b, c, c)
-        out = torch.baddbmm(self.proj_out.bias, v, m.transpose(1, 2))  # (B, N, C)
+        qkv = _depthwise(_linear(n, self.qkv), self.qkv_dw).view(b, h * w, 3 * c)
+        out = ChannelAttention.apply(qkv, self, self.temperature, self.stage_weights,
+                                     self.proj_out.weight, self.proj_out.bias)
         return out.view(b, h, w, c)
 
 
@@ -318,9 +255,11 @@ class _TrainFFN(FFN):
     def forward_nhwc(self, n: torch.Tensor) -> torch.Tensor:
         t = _depthwise(_linear(n, self.fc1), self.dw)  # (B, H, W, hidden)
         se = self.se
-        s = F.relu(F.linear(_MeanHW.apply(t), se.fc1.weight.flatten(1), se.fc1.bias))
+        s = F.relu(F.linear(MeanHW.apply(t), se.fc1.weight.flatten(1), se.fc1.bias))
         s = torch.sigmoid(F.linear(s, se.fc2.weight.flatten(1), se.fc2.bias))  # (B, hidden)
-        return _linear(_ScaleGelu.apply(t, s), self.fc2)
+        # with the native depthwise kernels, the native GELU(t s) too: one pass each way
+        u = cpu_kernels.scale_gelu(t, s) if _native(t, self.dw) else ScaleGelu.apply(t, s)
+        return _linear(u, self.fc2)
 
 
 class _TrainBlock(LGUBlock):

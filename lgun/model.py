@@ -185,18 +185,25 @@ class DGSA(nn.Module):
         k = F.normalize(k.float(), dim=-1)
         return self.combine_stages((q @ k.transpose(-2, -1)) * self.temperature)
 
-    def combine_stages(self, attn: torch.Tensor) -> torch.Tensor:
-        """Weighted sum of the top-k masked softmaxes of (B, heads, Dh, Dh) fp32 scores."""
+    def combine_stages(self, attn: torch.Tensor,
+                       stage_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Weighted sum of the top-k masked softmaxes of (B, heads, Dh, Dh) fp32 scores.
+
+        ``stage_weights`` replaces the module's own (a detached copy of them, when a training
+        step rebuilds this small graph in its backward).
+        """
         if not self.topk:
             return attn.softmax(dim=-1)
-        assert self.stage_weights is not None
+        if stage_weights is None:
+            stage_weights = self.stage_weights
+        assert stage_weights is not None
         # One descending sort shared by all stages; rank[i, j] = position of j in row i.
         order = attn.argsort(dim=-1, descending=True)
         rank = torch.empty_like(order).scatter_(
             -1, order, torch.arange(attn.shape[-1], device=attn.device).expand_as(order)
         )
         combined = torch.zeros_like(attn)
-        for w, kk in zip(self.stage_weights, self.topk, strict=True):
+        for w, kk in zip(stage_weights, self.topk, strict=True):
             # -inf cannot give NaN: rank 0 (the row maximum) is always kept.
             masked = attn.masked_fill(rank >= kk, float("-inf"))
             combined = combined + w.float() * masked.softmax(dim=-1)

@@ -1,4 +1,4 @@
-"""lgun.cpu_kernels: the native depthwise conv equals F.conv2d, forward and backward."""
+"""lgun.cpu_kernels: the native depthwise conv equals F.conv2d and the scaled GELU F.gelu."""
 
 from __future__ import annotations
 
@@ -109,6 +109,46 @@ def test_empty_batch() -> None:
     assert x.grad.shape == x.shape and not w.grad.any() and not b.grad.any()
 
 
+
+@needs_kernels
+@pytest.mark.parametrize("b, h, w, c, threads", [
+    (2, 5, 7, 19, 1),     # a tail after one vector of channels; odd sizes
+    (3, 8, 9, 160, 2),    # the FFN's width, more pixels than one partial sum, two threads
+    (1, 1, 1, 1, 1),
+])
+def test_scale_gelu_equals_gelu(b, h, w, c, threads) -> None:
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(c)
+    # t * s over [-12, 12]: both tails of the GELU and its exp's underflow side
+    t64 = (4 * torch.randn(b, h, w, c, generator=g, dtype=torch.float64)).requires_grad_()
+    s64 = (3 * torch.rand(b, c, generator=g, dtype=torch.float64)).requires_grad_()
+    y64 = F.gelu(t64 * s64[:, None, None, :])
+    gy = torch.randn(y64.shape, generator=g, dtype=torch.float64)
+    y64.backward(gy)
+    t32, s32 = (v.detach().float().requires_grad_() for v in (t64, s64))
+    y32 = cpu_kernels.scale_gelu(t32, s32)
+    y32.backward(gy.float())
+    for a, ref in ((y32, y64.detach()), (t32.grad, t64.grad), (s32.grad, s64.grad)):
+        assert a.shape == ref.shape and a.dtype == torch.float32
+        assert (a.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+@needs_kernels
+def test_scale_gelu_strided_empty_and_bad_input() -> None:
+    torch.set_num_threads(2)
+    t = torch.randn(2, 6, 4, 4).permute(0, 2, 3, 1)  # a non-contiguous NHWC view
+    s = torch.rand(2, 6)
+    torch.testing.assert_close(cpu_kernels.scale_gelu(t, s), F.gelu(t * s[:, None, None, :]))
+    te = torch.randn(0, 3, 3, 8, requires_grad=True)
+    se = torch.rand(0, 8, requires_grad=True)
+    y = cpu_kernels.scale_gelu(te, se)
+    y.sum().backward()
+    assert y.shape == te.shape and te.grad.shape == te.shape and se.grad.shape == se.shape
+    with pytest.raises(ValueError, match="float32"):
+        cpu_kernels.scale_gelu(t.double(), s.double())
+    with pytest.raises(ValueError, match="do not match"):
+        cpu_kernels.scale_gelu(t, torch.rand(2, 5))
+
 def test_disabled_by_environment(rebuild: pytest.MonkeyPatch) -> None:
     rebuild.setenv("LGUN_NATIVE_KERNELS", "0")
     assert not cpu_kernels.available()
@@ -132,7 +172,7 @@ def test_no_or_broken_compiler_falls_back(rebuild: pytest.MonkeyPatch, tmp_path)
 def test_builds_into_the_cache_once(rebuild: pytest.MonkeyPatch, tmp_path) -> None:
     rebuild.setenv("LGUN_CACHE", str(tmp_path))
     assert cpu_kernels.available()
-    built = list(tmp_path.glob("depthwise-*.so"))
+    built = list(tmp_path.glob("kernels-*.so"))
     assert len(built) == 1 and cpu_kernels.library_path() == str(built[0])
     mtime = built[0].stat().st_mtime_ns
     cpu_kernels._build.cache_clear()  # a new process: loads, does not rebuild
