@@ -26,23 +26,35 @@
  * reading gy with the taps mirrored, dir = -1 (no init). `dir` is a constant at each call,
  * so the compiler specialises both. */
 
-/* One block of n <= CB channels of one output pixel, summed in registers. `n` is the
- * constant CB on the hot path (the compiler unrolls it into vector FMAs). */
-INLINE void tap_block(const float *restrict src, const float *restrict w,
-                      const float *restrict init, float *restrict o, int n, int b, int y, int x,
-                      int Hs, int Ws, int C, int KH, int KW, int ph, int pw, int d, int dir) {
+INLINE int floor_div(int a, int d) { return a >= 0 ? a / d : -((-a + d - 1) / d); }
+
+/* The taps t in [0, K) whose source index p + dir (t d - pad) lies in [0, n), as [*t0, *t1). */
+INLINE void tap_range(int p, int n, int K, int pad, int d, int dir, int *t0, int *t1) {
+  int lo, hi; /* inclusive */
+  if (dir > 0) {
+    lo = -floor_div(p - pad, d); /* ceil((pad - p) / d) */
+    hi = floor_div(n - 1 - p + pad, d);
+  } else {
+    lo = -floor_div(n - 1 - p - pad, d); /* ceil((p + pad - n + 1) / d) */
+    hi = floor_div(p + pad, d);
+  }
+  *t0 = lo < 0 ? 0 : lo;
+  *t1 = hi >= K ? K : hi + 1;
+}
+
+/* One block of n <= CB channels of one output pixel, summed in registers over the taps
+ * [i0, i1) x [j0, j1) that land inside src (no per-tap test; pointers step by the dilation).
+ * `n` is the constant CB on the hot path (the compiler unrolls it into vector FMAs). */
+INLINE void tap_block(const float *restrict s0, const float *restrict w,
+                      const float *restrict init, float *restrict o, int n, int i0, int i1,
+                      int j0, int j1, ptrdiff_t row_step, ptrdiff_t col_step, int KW, int C) {
   float acc[CB];
   for (int c = 0; c < n; c++) acc[c] = init ? init[c] : 0.f;
-  for (int i = 0; i < KH; i++) {
-    const int sy = y + dir * (i * d - ph);
-    if (sy < 0 || sy >= Hs) continue;
-    for (int j = 0; j < KW; j++) {
-      const int sx = x + dir * (j * d - pw);
-      if (sx < 0 || sx >= Ws) continue;
-      const float *restrict s = PIX(src, b, sy, sx, Hs, Ws, C);
-      const float *restrict k = w + ((size_t)i * KW + j) * C;
+  for (int i = i0; i < i1; i++) {
+    const float *restrict s = s0 + (i - i0) * row_step;
+    const float *restrict k = w + ((size_t)i * KW + j0) * C;
+    for (int j = j0; j < j1; j++, s += col_step, k += C)
       for (int c = 0; c < n; c++) acc[c] += k[c] * s[c];
-    }
   }
   for (int c = 0; c < n; c++) o[c] = acc[c];
 }
@@ -52,18 +64,32 @@ INLINE void tap_sum(const float *restrict src, const float *restrict w,
                     const float *restrict init, float *restrict dst, int b0, int b1, int Hs,
                     int Ws, int Hd, int Wd, int C, int KH, int KW, int ph, int pw, int d,
                     int dir) {
+  const ptrdiff_t row_step = (ptrdiff_t)dir * d * Ws * C, col_step = (ptrdiff_t)dir * d * C;
   for (int b = b0; b < b1; b++)
-    for (int y = 0; y < Hd; y++)
-      for (int x = 0; x < Wd; x++)
+    for (int y = 0; y < Hd; y++) {
+      int i0, i1;
+      tap_range(y, Hs, KH, ph, d, dir, &i0, &i1);
+      for (int x = 0; x < Wd; x++) {
+        int j0, j1;
+        tap_range(x, Ws, KW, pw, d, dir, &j0, &j1);
+        float *o = PIX(dst, b, y, x, Hd, Wd, C);
+        if (i0 >= i1 || j0 >= j1) { /* every tap in the padding */
+          for (int c = 0; c < C; c++) o[c] = init ? init[c] : 0.f;
+          continue;
+        }
+        const float *s0 =
+            PIX(src, b, y + dir * (i0 * d - ph), x + dir * (j0 * d - pw), Hs, Ws, C);
         for (int c0 = 0; c0 < C; c0 += CB) {
-          float *o = PIX(dst, b, y, x, Hd, Wd, C) + c0;
           const float *in = init ? init + c0 : NULL;
           if (C - c0 >= CB)
-            tap_block(src + c0, w + c0, in, o, CB, b, y, x, Hs, Ws, C, KH, KW, ph, pw, d, dir);
+            tap_block(s0 + c0, w + c0, in, o + c0, CB, i0, i1, j0, j1, row_step, col_step, KW,
+                      C);
           else
-            tap_block(src + c0, w + c0, in, o, C - c0, b, y, x, Hs, Ws, C, KH, KW, ph, pw, d,
-                      dir);
+            tap_block(s0 + c0, w + c0, in, o + c0, C - c0, i0, i1, j0, j1, row_step, col_step,
+                      KW, C);
         }
+      }
+    }
 }
 
 /* y = conv(x, w) + bias (bias may be NULL). */
