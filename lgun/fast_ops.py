@@ -77,12 +77,12 @@ class ChannelAttention(torch.autograd.Function):
     ``apply(qkv, mixer, temperature, stage_weights, w_out, bias)``: ``mixer`` is the
     ``lgun.model.DGSA`` (for its heads and top-k stages), the tensors are its parameters
     (``stage_weights`` may be None). Forward: q^T k of all heads as one (C x N) @ (N x C)
-    GEMM, the squared norms of q and k, the small (B, C, C) map M of ``_attention_map``, and
-    V @ M^T + bias as one GEMM. Backward: the map's small graph is rebuilt from the saved
-    (B, C, C) and (B, C) tensors and differentiated by autograd; then the gradient of q and k
-    together, norms included, is one GEMM ``[q k] @ [[2 diag(g_sq), G], [G^T, 2 diag(g_sk)]]``
-    and that of V one more, both written into one (B, N, 3C) gradient (eager autograd makes
-    four GEMMs, two norm products, their sums and a concatenation of the three gradients).
+    GEMM, the squared norms of q and k, the small (B, C, C) map M of ``_attention_map``
+    (its autograd graph built on detached copies and kept for the backward), and
+    V @ M^T + bias as one GEMM. Backward: autograd through the small graph, then dq, dk
+    (norm terms added in place) and dV, each one GEMM written straight into its slice of one
+    (B, N, 3C) gradient (eager autograd also materialises the norm products, sums them and
+    concatenates the three gradients).
     """
 
     @staticmethod
@@ -92,31 +92,30 @@ class ChannelAttention(torch.autograd.Function):
         q, k, v = qkv.split(c, dim=-1)  # strided (B, N, C) views
         gram = torch.bmm(q.transpose(1, 2), k)
         sq, sk = torch.linalg.vecdot(q, q, dim=1), torch.linalg.vecdot(k, k, dim=1)
-        m = _attention_map(mixer, gram, sq, sk, temperature, stage_weights, w_out)
-        ctx.mixer = mixer
-        ctx.save_for_backward(qkv, gram, sq, sk, m, temperature, stage_weights, w_out)
-        return torch.baddbmm(bias, v, m.transpose(1, 2))
+        leaves = [t.detach().requires_grad_() for t in (gram, sq, sk, temperature, w_out)]
+        if stage_weights is not None:
+            leaves.append(stage_weights.detach().requires_grad_())
+        with torch.enable_grad():  # the small graph only: (B, C, C) and smaller tensors
+            m = _attention_map(mixer, *leaves[:4], leaves[5] if len(leaves) > 5 else None,
+                               leaves[4])
+        ctx.graph = (m, leaves)
+        ctx.save_for_backward(qkv, m.detach())
+        return torch.baddbmm(bias, v, m.detach().transpose(1, 2))
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, gout):  # type: ignore[override]
-        qkv, gram, sq, sk, m, temperature, stage_weights, w_out = ctx.saved_tensors
-        b, c = sq.shape
+        qkv, m = ctx.saved_tensors
+        c = qkv.shape[-1] // 3
         gout = gout.contiguous()
-        gm = torch.bmm(gout.transpose(1, 2), qkv[..., 2 * c:])  # dL/dM = gout^T V
-        inputs = [t.detach().requires_grad_() for t in (gram, sq, sk, temperature, w_out)]
-        sw = stage_weights.detach().requires_grad_() if stage_weights is not None else None
-        with torch.enable_grad():
-            m2 = _attention_map(ctx.mixer, *inputs[:4], sw, inputs[4])
-            grads = torch.autograd.grad(m2, inputs + ([sw] if sw is not None else []), gm)
-        ggram, gsq, gsk, gtemp, gw_out = grads[:5]
-        mat = qkv.new_zeros(b, 2 * c, 2 * c)
-        mat[:, :c, c:] = ggram
-        mat[:, c:, :c] = ggram.transpose(1, 2)
-        mat[:, :c, :c].diagonal(dim1=1, dim2=2).copy_(2 * gsq)
-        mat[:, c:, c:].diagonal(dim1=1, dim2=2).copy_(2 * gsk)
+        q, k, v = qkv.split(c, dim=-1)
+        small, leaves = ctx.graph
+        grads = torch.autograd.grad(small, leaves, torch.bmm(gout.transpose(1, 2), v))
+        ggram, gsq, gsk, gtemp, gw_out = grads[:5]  # dL/dM = gout^T V fed the small graph
         gqkv = torch.empty_like(qkv)
-        torch.bmm(qkv[..., :2 * c], mat, out=gqkv[..., :2 * c])  # dL/dq, dL/dk
-        torch.bmm(gout, m, out=gqkv[..., 2 * c:])  # dL/dV = gout M
-        return (gqkv, None, gtemp, grads[5] if sw is not None else None, gw_out,
+        gq, gk, gv = gqkv.split(c, dim=-1)
+        torch.bmm(k, ggram.transpose(1, 2), out=gq).addcmul_(q, (2 * gsq)[:, None, :])
+        torch.bmm(q, ggram, out=gk).addcmul_(k, (2 * gsk)[:, None, :])
+        torch.bmm(gout, m, out=gv)
+        return (gqkv, None, gtemp, grads[5] if len(grads) > 5 else None, gw_out,
                 gout.sum((0, 1)))

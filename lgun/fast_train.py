@@ -32,7 +32,7 @@ memory passes and by the depthwise convs more than by its GEMMs:
   q k^T of all heads is one (C x N) @ (N x C) GEMM on strided views of the qkv tensor
   (heads' blocks are its diagonal), q and k are normalised through the Dh x Dh scores,
   attn @ V and proj_out are one GEMM with ``W_out @ blockdiag(attn)``, and the backward
-  writes the gradients of q, k (norms included) and V with two GEMMs into one tensor;
+  writes the gradients of q, k (norm terms added in place) and V into one tensor;
 * FFN: the SE scale and GELU are one autograd node that keeps only its inputs: with the
   native kernels ``lgun.cpu_kernels.scale_gelu`` (one pass over the activation forward and
   one backward, where eager makes six), else ``lgun.fast_ops.ScaleGelu`` (the same from
