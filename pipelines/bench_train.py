@@ -1,6 +1,6 @@
 """LGUN CPU training step: the eager reference against ``lgun.fast_train``, in one run.
 
-    python -m pipelines.bench_train --scale 2 [--threads 1] [--steps 5] [--bf16]
+    python -m pipelines.bench_train --scale 2 [--threads 1] [--steps 5] [--rounds 2] [--bf16]
                                     [--json FILE]
 
 One batch of the training recipe (16 HR patches of 64 x 64, 63 x 63 at x3; LR inputs of
@@ -19,11 +19,12 @@ allocator, then after ``tune_malloc()``. Within a phase the reference and optimi
 alternate (the machine is shared and noisy), each timed ``--steps`` times after one warm-up
 step; the table gives medians of wall time and of this process's CPU time (on a machine
 shared with other jobs, CPU time is the steadier measure of what a step costs; wall time is
-what training sees). ``speedup`` compares a step to the reference of the same phase. The
-last line compares the optimised step with the tuned allocator (what training gets from
-``training_setup`` + ``optimize_for_training``) to the reference step with the default
-allocator (what it had before); the phases run one after the other, so on a busy machine
-that line also carries the load's drift, which the per-phase ratios do not.
+what training sees). ``speedup`` compares a step to the reference of the same phase.
+
+``end to end`` compares, in fresh processes that alternate ``--rounds`` times (so the
+allocator is each one's own and the load's drift falls on both), the reference step with
+glibc's default allocator (what training was) to what ``pipelines.train`` runs on the CPU
+now: ``training_setup`` (threads, allocator) + ``optimize_for_training`` + its optimiser.
 
 Between steps, a GEMM of the 1x1 convs' shape ((B*h*w) x 64 @ 64 x 160, the better of
 ``torch.mm`` and oneDNN's matmul) measures the fp32 ceiling on the same threads;
@@ -44,6 +45,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -153,7 +155,58 @@ def _phase(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, dict[
     return times
 
 
-def run(scale: int, threads: int, steps: int, batch: int, bf16: bool) -> dict[str, Any]:
+def _batch(scale: int, batch: int) -> tuple[Any, Any, int, int]:
+    """The recipe's batch of random data: (x, y, HR side, LR side)."""
+    import torch
+
+    torch.manual_seed(0)
+    hr = 63 if scale == 3 else 64
+    lr = hr // scale
+    return torch.rand(batch, 3, lr, lr), torch.rand(batch, 3, hr, hr), hr, lr
+
+
+def _child(variant: str, scale: int, threads: int, steps: int, batch: int) -> dict[str, list]:
+    """One side of ``end to end`` in this (fresh) process: per-step wall and CPU seconds."""
+    import torch
+
+    from lgun.fast_train import optimize_for_training, training_setup
+    from lgun.model import LGUN
+
+    if variant == "optimised":
+        training_setup(threads)  # what pipelines.train does first on the CPU
+    else:
+        torch.set_num_threads(threads)
+    x, y, _, _ = _batch(scale, batch)
+    model = LGUN(scale=scale)
+    if variant == "optimised":
+        model = optimize_for_training(model)
+    return _phase({variant: _train_step(model, x, y, optimised=variant == "optimised")},
+                  steps)[variant]
+
+
+def _end_to_end(scale: int, threads: int, steps: int, batch: int,
+                rounds: int) -> dict[str, dict[str, list]]:
+    """``rounds`` x (reference, optimised) in fresh processes, alternating who goes first."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    times: dict[str, dict[str, list]] = {k: {"wall": [], "cpu": []}
+                                         for k in ("reference", "optimised")}
+    for r in range(rounds):
+        for variant in (("reference", "optimised") if r % 2 == 0 else
+                        ("optimised", "reference")):
+            cmd = [sys.executable, "-m", "pipelines.bench_train", "--child", variant,
+                   "--scale", str(scale), "--threads", str(threads), "--steps", str(steps),
+                   "--batch", str(batch)]
+            res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+            if res.returncode != 0:
+                raise RuntimeError(f"{variant} process failed: {res.stderr.strip()[-500:]}")
+            out = json.loads(res.stdout.strip().splitlines()[-1])
+            for k in ("wall", "cpu"):
+                times[variant][k] += out[k]
+    return times
+
+
+def run(scale: int, threads: int, steps: int, batch: int, bf16: bool,
+        rounds: int = 2) -> dict[str, Any]:
     """Measure; return the report as plain data (see the module docstring)."""
     import torch
 
@@ -164,10 +217,7 @@ def run(scale: int, threads: int, steps: int, batch: int, bf16: bool) -> dict[st
     from lgun.model import LGUN
 
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    hr = 63 if scale == 3 else 64
-    lr = hr // scale
-    x, y = torch.rand(batch, 3, lr, lr), torch.rand(batch, 3, hr, hr)
+    x, y, hr, lr = _batch(scale, batch)
     ref = LGUN(scale=scale)
     opt = optimize_for_training(copy.deepcopy(ref))  # native kernels where available
     onednn = optimize_for_training(copy.deepcopy(ref), native=False) if native_convs(opt) else None
@@ -212,9 +262,19 @@ def run(scale: int, threads: int, steps: int, batch: int, bf16: bool) -> dict[st
                            "unavailable": cpu_kernels.build_error()},
         "train_gflop_per_step": flops / 1e9, "grad_rel_diff": diff, "grad_rel_diff_param":
         diff_param, "rows": rows,
-        "overall_speedup": med(default["reference"]["wall"]) / med(tuned["optimised"]["wall"]),
-        "overall_speedup_cpu": med(default["reference"]["cpu"]) / med(tuned["optimised"]["cpu"]),
+        "end_to_end": _summary(_end_to_end(scale, threads, steps, batch, rounds), batch)
+        if rounds else None,
     }
+
+
+def _summary(times: dict[str, dict[str, list]], batch: int) -> dict[str, Any]:
+    """Medians and ratios of ``_end_to_end``'s times."""
+    med = {k: {t: statistics.median(v[t]) for t in ("wall", "cpu")} for k, v in times.items()}
+    ref, opt = med["reference"], med["optimised"]
+    return {"rounds_steps": len(times["reference"]["wall"]), "median_s": med,
+            "samples_per_s": {k: batch / v["wall"] for k, v in med.items()},
+            "speedup": ref["wall"] / opt["wall"], "speedup_cpu": ref["cpu"] / opt["cpu"],
+            "times": times}
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -241,12 +301,17 @@ def format_report(r: dict[str, Any]) -> str:
     ceil = [row["ceiling_gflops"] for row in r["rows"]]
     lines += [
         f"GEMM ceiling ((B*h*w) x 64 @ 64 x 160 fp32): {min(ceil):.1f}-{max(ceil):.1f} GFLOP/s",
-        f"optimised + tune_malloc vs reference + default allocator (across phases, not "
-        f"interleaved): {r['overall_speedup']:.2f}x samples/s "
-        f"({r['overall_speedup_cpu']:.2f}x per CPU second)",
         f"grad rel diff (max over parameters): {r['grad_rel_diff']:.2e} "
         f"({r['grad_rel_diff_param']})",
     ]
+    e = r["end_to_end"]
+    if e:
+        ref, opt = e["median_s"]["reference"], e["median_s"]["optimised"]
+        lines.append(
+            f"end to end, alternating fresh processes ({e['rounds_steps']} steps each): "
+            f"reference + default allocator {ref['wall']:.3f} s/step ({ref['cpu']:.3f} cpu), "
+            f"pipelines.train's step {opt['wall']:.3f} s/step ({opt['cpu']:.3f} cpu): "
+            f"{e['speedup']:.2f}x samples/s ({e['speedup_cpu']:.2f}x per CPU second)")
     b = r["bf16"]
     if b["requested"] and not b["native"]:
         lines.append("bf16: not measured, no native bf16 on this CPU (no avx512_bf16/amx_bf16); "
@@ -265,12 +330,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=16, help="patches per step (recipe: 16)")
     p.add_argument("--bf16", action="store_true",
                    help="also time bf16 autocast (only where the CPU has native bf16)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="end-to-end rounds of fresh processes (0: skip; default 2)")
     p.add_argument("--json", type=Path, help="write the report (with all times) here")
+    p.add_argument("--child", choices=("reference", "optimised"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.child:  # one side of the end-to-end comparison, in its own process
+        print(json.dumps(_child(a.child, a.scale, a.threads, a.steps, a.batch)))
+        return 0
     # Before torch is imported, so that OpenMP starts with this many threads.
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     load = os.getloadavg()[0]
-    r = run(a.scale, a.threads, a.steps, a.batch, a.bf16)
+    r = run(a.scale, a.threads, a.steps, a.batch, a.bf16, a.rounds)
     r["loadavg_start_end"] = [load, os.getloadavg()[0]]
     print(format_report(r))
     if a.json:
