@@ -8,7 +8,7 @@ scale and GELU), forward and backward (gradients equal within fp32 rounding:
 and FFNs when ``available()``. The kernels are plain C (``lgun/csrc/*.c``, why there),
 compiled on first use with the system C compiler (``$CC``, else ``cc``) for this CPU
 (``-march=native``) into ``$LGUN_CACHE`` (default ``$XDG_CACHE_HOME/lgun``, else
-``~/.cache/lgun``), keyed by the source, the flags and the CPU's feature flags; loaded with
+``~/.cache/lgun``), keyed by the sources, the flags and the CPU's feature flags; loaded with
 ``ctypes`` (whose calls release the GIL, so a batch is split across
 ``torch.get_num_threads()`` Python threads). Without a compiler, ``available()`` is False
 and the callers keep PyTorch's kernels: nothing else changes (``LGUN_NATIVE_KERNELS=0``
