@@ -103,8 +103,7 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
         lib = ctypes.CDLL(str(out))
     except OSError as e:
         return None, f"loading {out.name} failed: {e}"
-    for name, n_ptr, n_int in (("lgun_dw_forward", 4, 12), ("lgun_dw_backward_input", 3, 12),
-                               ("lgun_dw_backward_weight", 6, 12),
+    for name, n_ptr, n_int in (("lgun_dw_forward", 4, 12), ("lgun_dw_backward", 8, 12),
                                ("lgun_scale_gelu_forward", 3, 4),
                                ("lgun_scale_gelu_backward", 6, 4)):
         fn = getattr(lib, name)
@@ -182,18 +181,17 @@ class _Depthwise(torch.autograd.Function):
         _, _, c, kh, kw = dims[:5]
         b = x.shape[0]
         gy = gy.contiguous()
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            gx = torch.empty_like(x)
-            _run(lib.lgun_dw_backward_input, [gy.data_ptr(), wk.data_ptr(), gx.data_ptr()],
-                 dims, b)
-        if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
-            n = len(_chunks(b))
-            # per chunk: gw and gb (row 0), the kernel's scratch of the same size (row 1)
-            buf = x.new_empty(n, 2, kh * kw * c + c)
-            per = [[buf[i, r, o].data_ptr() for r in (0, 1) for o in (0, kh * kw * c)]
-                   for i in range(n)]
-            _run(lib.lgun_dw_backward_weight, [x.data_ptr(), gy.data_ptr()], dims, b, per)
+        gx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        want_w = ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2])
+        n = len(_chunks(b))
+        # per chunk: gw and gb (row 0), the kernel's scratch of the same size (row 1)
+        buf = x.new_empty(n, 2, kh * kw * c + c) if want_w else None
+        per = [[buf[i, r, o].data_ptr() if buf is not None else None for r in (0, 1)
+                for o in (0, kh * kw * c)] for i in range(n)]
+        _run(lib.lgun_dw_backward, [x.data_ptr(), gy.data_ptr(), wk.data_ptr(),
+                                    gx.data_ptr() if gx is not None else None], dims, b, per)
+        gw = gb = None
+        if buf is not None:
             tot = buf[0, 0] if n == 1 else buf[:, 0].sum(0)  # zeros for an empty batch
             gw = tot[:kh * kw * c].view(kh, kw, c).permute(2, 0, 1).reshape(ctx.wshape)
             gb = tot[kh * kw * c:].clone() if ctx.has_bias else None

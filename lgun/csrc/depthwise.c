@@ -59,51 +59,40 @@ INLINE void tap_block(const float *restrict s0, const float *restrict w,
   for (int c = 0; c < n; c++) o[c] = acc[c];
 }
 
-/* dst [B, Hd, Wd, C] (items [b0, b1)) from src [B, Hs, Ws, C], see above. */
-INLINE void tap_sum(const float *restrict src, const float *restrict w,
-                    const float *restrict init, float *restrict dst, int b0, int b1, int Hs,
+/* Row y of item b of dst [B, Hd, Wd, C] from src [B, Hs, Ws, C], see above. */
+INLINE void tap_row(const float *restrict src, const float *restrict w,
+                    const float *restrict init, float *restrict dst, int b, int y, int Hs,
                     int Ws, int Hd, int Wd, int C, int KH, int KW, int ph, int pw, int d,
                     int dir) {
   const ptrdiff_t row_step = (ptrdiff_t)dir * d * Ws * C, col_step = (ptrdiff_t)dir * d * C;
-  for (int b = b0; b < b1; b++)
-    for (int y = 0; y < Hd; y++) {
-      int i0, i1;
-      tap_range(y, Hs, KH, ph, d, dir, &i0, &i1);
-      for (int x = 0; x < Wd; x++) {
-        int j0, j1;
-        tap_range(x, Ws, KW, pw, d, dir, &j0, &j1);
-        float *o = PIX(dst, b, y, x, Hd, Wd, C);
-        if (i0 >= i1 || j0 >= j1) { /* every tap in the padding */
-          for (int c = 0; c < C; c++) o[c] = init ? init[c] : 0.f;
-          continue;
-        }
-        const float *s0 =
-            PIX(src, b, y + dir * (i0 * d - ph), x + dir * (j0 * d - pw), Hs, Ws, C);
-        for (int c0 = 0; c0 < C; c0 += CB) {
-          const float *in = init ? init + c0 : NULL;
-          if (C - c0 >= CB)
-            tap_block(s0 + c0, w + c0, in, o + c0, CB, i0, i1, j0, j1, row_step, col_step, KW,
-                      C);
-          else
-            tap_block(s0 + c0, w + c0, in, o + c0, C - c0, i0, i1, j0, j1, row_step, col_step,
-                      KW, C);
-        }
-      }
+  int i0, i1;
+  tap_range(y, Hs, KH, ph, d, dir, &i0, &i1);
+  for (int x = 0; x < Wd; x++) {
+    int j0, j1;
+    tap_range(x, Ws, KW, pw, d, dir, &j0, &j1);
+    float *o = PIX(dst, b, y, x, Hd, Wd, C);
+    if (i0 >= i1 || j0 >= j1) { /* every tap in the padding */
+      for (int c = 0; c < C; c++) o[c] = init ? init[c] : 0.f;
+      continue;
     }
+    const float *s0 = PIX(src, b, y + dir * (i0 * d - ph), x + dir * (j0 * d - pw), Hs, Ws, C);
+    for (int c0 = 0; c0 < C; c0 += CB) {
+      const float *in = init ? init + c0 : NULL;
+      if (C - c0 >= CB)
+        tap_block(s0 + c0, w + c0, in, o + c0, CB, i0, i1, j0, j1, row_step, col_step, KW, C);
+      else
+        tap_block(s0 + c0, w + c0, in, o + c0, C - c0, i0, i1, j0, j1, row_step, col_step, KW,
+                  C);
+    }
+  }
 }
 
 /* y = conv(x, w) + bias (bias may be NULL). */
 void lgun_dw_forward(const float *x, const float *w, const float *bias, float *y, int b0,
                      int b1, int H, int W, int C, int KH, int KW, int ph, int pw, int d, int Ho,
                      int Wo) {
-  tap_sum(x, w, bias, y, b0, b1, H, W, Ho, Wo, C, KH, KW, ph, pw, d, 1);
-}
-
-/* gx = dL/dx from gy = dL/dy. */
-void lgun_dw_backward_input(const float *gy, const float *w, float *gx, int b0, int b1, int H,
-                            int W, int C, int KH, int KW, int ph, int pw, int d, int Ho,
-                            int Wo) {
-  tap_sum(gy, w, NULL, gx, b0, b1, Ho, Wo, H, W, C, KH, KW, ph, pw, d, -1);
+  for (int b = b0; b < b1; b++)
+    for (int r = 0; r < Ho; r++) tap_row(x, w, bias, y, b, r, H, W, Ho, Wo, C, KH, KW, ph, pw, d, 1);
 }
 
 /* One tap (i, j) and one block of channels over one output row: sum_ox gy * x in registers,
@@ -188,17 +177,30 @@ static void bwd_w_taps(const float *restrict x, const float *restrict gy, float 
  * Wo terms before it is added to gw. Which loop order is faster depends on the width
  * (measured on LGUN's layers, Zen 3): long channel loops for wide layers, register sums
  * along the row for the 16-channel dilated branches. */
-void lgun_dw_backward_weight(const float *restrict x, const float *restrict gy,
-                             float *restrict gw, float *restrict gb, float *restrict rs,
-                             float *restrict rb, int b0, int b1, int H, int W, int C, int KH,
-                             int KW, int ph, int pw, int d, int Ho, int Wo) {
-  memset(gw, 0, sizeof(float) * (size_t)KH * KW * C);
-  if (gb) memset(gb, 0, sizeof(float) * C);
+/* gx = dL/dx and gw [KH, KW, C] = dL/dw, gb [C] = dL/dbias over items [b0, b1) from
+ * gy = dL/dy (gx NULL: no input gradient; gw NULL: no weight or bias gradient; gb NULL: no
+ * bias). gw and gb are overwritten; rs, rb: scratch of KH*KW*C and C floats. No fp32
+ * accumulator takes more than Wo terms before it is added to gw. Which loop order is faster
+ * for the weight gradient depends on the width (measured on LGUN's layers, Zen 3): long
+ * channel loops for wide layers, register sums along the row for the 16-channel dilated
+ * branches. Both gradients come from one sweep over the rows: input-gradient row r and
+ * weight-gradient row r read the rows of gy and x near r, which stay in cache from one r to
+ * the next, so x and gy each come from memory once. */
+void lgun_dw_backward(const float *restrict x, const float *restrict gy,
+                      const float *restrict w, float *restrict gx, float *restrict gw,
+                      float *restrict gb, float *restrict rs, float *restrict rb, int b0, int b1,
+                      int H, int W, int C, int KH, int KW, int ph, int pw, int d, int Ho,
+                      int Wo) {
+  if (gw) memset(gw, 0, sizeof(float) * (size_t)KH * KW * C);
+  if (gw && gb) memset(gb, 0, sizeof(float) * C);
+  const int rows = H > Ho ? H : Ho;
   for (int b = b0; b < b1; b++)
-    for (int oy = 0; oy < Ho; oy++) {
+    for (int r = 0; r < rows; r++) {
+      if (gx && r < H) tap_row(gy, w, NULL, gx, b, r, Ho, Wo, H, W, C, KH, KW, ph, pw, d, -1);
+      if (!gw || r >= Ho) continue;
       if (C >= WIDE)
-        bwd_w_pixels(x, gy, gw, gb, rs, rb, b, oy, H, W, C, KH, KW, ph, pw, d, Ho, Wo);
+        bwd_w_pixels(x, gy, gw, gb, rs, rb, b, r, H, W, C, KH, KW, ph, pw, d, Ho, Wo);
       else
-        bwd_w_taps(x, gy, gw, gb, b, oy, H, W, C, KH, KW, ph, pw, d, Ho, Wo);
+        bwd_w_taps(x, gy, gw, gb, b, r, H, W, C, KH, KW, ph, pw, d, Ho, Wo);
     }
 }

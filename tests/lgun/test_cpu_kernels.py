@@ -82,6 +82,13 @@ def test_strided_input_and_single_tensor_grads() -> None:
     _reference(ref_x, w, None, (1, 1), 1).sum().backward()
     torch.testing.assert_close(y, _reference(x.detach(), w, None, (1, 1), 1))
     torch.testing.assert_close(x.grad, ref_x.grad)
+    # and the other way round: a weight and bias gradient only
+    w2, b2 = torch.randn(12, 1, 3, 3, requires_grad=True), torch.randn(12, requires_grad=True)
+    cpu_kernels.depthwise_nhwc(x.detach(), w2, b2, (1, 1), 1).sum().backward()
+    ref_w, ref_b = (t.detach().clone().requires_grad_() for t in (w2, b2))
+    _reference(x.detach(), ref_w, ref_b, (1, 1), 1).sum().backward()
+    torch.testing.assert_close(w2.grad, ref_w.grad)
+    torch.testing.assert_close(b2.grad, ref_b.grad)
 
 
 @needs_kernels
