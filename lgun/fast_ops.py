@@ -7,8 +7,12 @@ rounding (``tests/lgun/test_fast_train.py`` compares the whole model with the ea
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from torch import nn
+
+if TYPE_CHECKING:
+    from lgun.model import DGSA
 
 __all__ = ["ChannelAttention", "MeanHW", "ScaleGelu"]
 
@@ -52,7 +56,7 @@ class ScaleGelu(torch.autograd.Function):
         return gu.mul_(s4), gs
 
 
-def _attention_map(mixer: nn.Module, gram: torch.Tensor, sq: torch.Tensor, sk: torch.Tensor,
+def _attention_map(mixer: DGSA, gram: torch.Tensor, sq: torch.Tensor, sk: torch.Tensor,
                    temperature: torch.Tensor, stage_weights: torch.Tensor | None,
                    w_out: torch.Tensor) -> torch.Tensor:
     """DGSA's (B, C, C) map ``M = W_out @ blockdiag(attn)`` from q^T k and the squared norms.
