@@ -228,16 +228,15 @@ def depthwise_nhwc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return _Depthwise.apply(x, weight, bias, tuple(padding), int(dilation))
 
 
-
 class _ScaleGelu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t, s):  # type: ignore[override]
         lib = _build()[0]
-        b, c = t.shape[0], t.shape[-1]
+        b, h, w, c = t.shape
         t, s = t.contiguous(), s.contiguous()
         y = torch.empty_like(t)
         _run(lib.lgun_scale_gelu_forward, [t.data_ptr(), s.data_ptr(), y.data_ptr()],
-             (t[0].numel() // c if b else 0, c), b)
+             (h * w, c), b)
         ctx.save_for_backward(t, s)  # not t * s: the backward recomputes it in registers
         return y
 
@@ -245,14 +244,14 @@ class _ScaleGelu(torch.autograd.Function):
     def backward(ctx, gy):  # type: ignore[override]
         lib = _build()[0]
         t, s = ctx.saved_tensors
-        b, c = t.shape[0], t.shape[-1]
+        b, h, w, c = t.shape
         gy = gy.contiguous()
         gt, gs = torch.empty_like(t), torch.empty_like(s)
         n = len(_chunks(b))
         acc = t.new_empty(n, 2 * c)  # per chunk: the kernel's scratch
         _run(lib.lgun_scale_gelu_backward,
              [gy.data_ptr(), t.data_ptr(), s.data_ptr(), gt.data_ptr(), gs.data_ptr()],
-             (t[0].numel() // c if b else 0, c), b, [[acc[i].data_ptr()] for i in range(n)])
+             (h * w, c), b, [[acc[i].data_ptr()] for i in range(n)])
         return gt, gs
 
 

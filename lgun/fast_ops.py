@@ -103,8 +103,9 @@ class ChannelAttention(torch.autograd.Function):
             m = _attention_map(mixer, *leaves[:4], leaves[5] if len(leaves) > 5 else None,
                                leaves[4])
         ctx.graph = (m, leaves)
-        ctx.save_for_backward(qkv, m.detach())
-        return torch.baddbmm(bias, v, m.detach().transpose(1, 2))
+        m = m.detach()
+        ctx.save_for_backward(qkv, m)
+        return torch.baddbmm(bias, v, m.transpose(1, 2))
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")

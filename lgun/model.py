@@ -190,7 +190,7 @@ class DGSA(nn.Module):
         """Weighted sum of the top-k masked softmaxes of (B, heads, Dh, Dh) fp32 scores.
 
         ``stage_weights`` replaces the module's own (a detached copy of them, when a training
-        step rebuilds this small graph in its backward).
+        step builds this small graph apart from the model's: ``lgun.fast_ops``).
         """
         if not self.topk:
             return attn.softmax(dim=-1)

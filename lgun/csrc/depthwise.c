@@ -92,7 +92,8 @@ void lgun_dw_forward(const float *x, const float *w, const float *bias, float *y
                      int b1, int H, int W, int C, int KH, int KW, int ph, int pw, int d, int Ho,
                      int Wo) {
   for (int b = b0; b < b1; b++)
-    for (int r = 0; r < Ho; r++) tap_row(x, w, bias, y, b, r, H, W, Ho, Wo, C, KH, KW, ph, pw, d, 1);
+    for (int r = 0; r < Ho; r++)
+      tap_row(x, w, bias, y, b, r, H, W, Ho, Wo, C, KH, KW, ph, pw, d, 1);
 }
 
 /* One tap (i, j) and one block of channels over one output row: sum_ox gy * x in registers,
@@ -172,11 +173,6 @@ static void bwd_w_taps(const float *restrict x, const float *restrict gy, float 
   }
 }
 
-/* gw [KH, KW, C] = dL/dw and gb [C] = dL/dbias (gb may be NULL) over items [b0, b1), both
- * overwritten; rs, rb: scratch of KH*KW*C and C floats. No fp32 accumulator takes more than
- * Wo terms before it is added to gw. Which loop order is faster depends on the width
- * (measured on LGUN's layers, Zen 3): long channel loops for wide layers, register sums
- * along the row for the 16-channel dilated branches. */
 /* gx = dL/dx and gw [KH, KW, C] = dL/dw, gb [C] = dL/dbias over items [b0, b1) from
  * gy = dL/dy (gx NULL: no input gradient; gw NULL: no weight or bias gradient; gb NULL: no
  * bias). gw and gb are overwritten; rs, rb: scratch of KH*KW*C and C floats. No fp32
