@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from lgun import cpu_kernels
 from lgun.data import build_sampler
@@ -36,6 +35,7 @@ from lgun.pretrained import save_weights
 from lgun.training.batches import BatchStream
 from lgun.training.checkpoint import RunState, load_checkpoint, resume_path, save_checkpoint
 from lgun.training.config import (
+    LOSSES,
     CheckpointConfig,
     DataConfig,
     EvalConfig,
@@ -111,6 +111,7 @@ def train(cfg: TrainConfig) -> Path:
         log.info("resumed %s at step %d", ckpt_path, state.step)
     net = _accelerate(model, device, compile_model=cfg.runtime.compile)
     use_amp = cfg.runtime.amp and device.type == "cuda"
+    loss_fn = LOSSES[cfg.optim.loss]
     eval_model = ema if ema is not None else model
     t_start = time.time()
 
@@ -149,7 +150,7 @@ def train(cfg: TrainConfig) -> Path:
         lr_t = lr_b.to(device, non_blocking=True)
         hr_t = hr_b.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            loss = F.l1_loss(net(lr_t).float(), hr_t)
+            loss = loss_fn(net(lr_t).float(), hr_t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.optim.grad_clip > 0:

@@ -10,7 +10,7 @@ per sub-config::
 
     [model]        # LGUNConfig fields but scale (ignored with init_from: its architecture)
     [data]         # sources, root, patch_size, batch_size, degradation ...; [[data.sources]]
-    [optim]        # name ("adam"/"adamw"), learning_rate, weight_decay, betas, ema_decay ...
+    [optim]        # name ("adam"/"adamw"), loss, learning_rate, weight_decay, betas, ema_decay
     [schedule]     # steps, max_minutes, warmup_steps, min_learning_rate
     [eval]         # every, dataset, limit
     [checkpoint]   # every, keep_every
@@ -29,6 +29,7 @@ warm-up, EMA 0.999; see ``OptimConfig.name`` and docs/TRAINING_LOG.md).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -45,6 +46,12 @@ from lgun.training.fields import check_types, from_table, plain, require
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
+}
+
+#: ``OptimConfig.loss`` values: pixel losses of (output, target), mean over every element.
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "l1": torch.nn.functional.l1_loss,
+    "l2": torch.nn.functional.mse_loss,
 }
 
 #: T91 + BSD200, the paper's training images.
@@ -99,7 +106,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Optimiser, its loss-independent settings, and the weight EMA.
+    """Loss, optimiser and the weight EMA.
 
     Attributes:
         name: "adam" (the paper's: ``torch.optim.Adam``, weight decay as an L2 term added to
@@ -110,6 +117,8 @@ class OptimConfig:
             tiny gradients, and short runs collapse them (docs/TRAINING_LOG.md, 2026-11-26).
             "adamw" shrinks every weight by only ``learning_rate * weight_decay`` per step;
             every shipped weight set was trained with it.
+        loss: "l1" (the paper's) or "l2" (mean squared error: PSNR's own measure, for a
+            short fine-tune at a low learning rate after L1 training).
         learning_rate: Peak learning rate (see ``ScheduleConfig`` for its course).
         weight_decay: L2 term with "adam", decoupled with "adamw".
         betas: Adam betas.
@@ -119,6 +128,7 @@ class OptimConfig:
 
     SECTION: ClassVar[str] = "optim"
     name: str = "adam"
+    loss: str = "l1"
     learning_rate: float = 5e-4
     weight_decay: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
@@ -129,6 +139,8 @@ class OptimConfig:
         check_types(self)
         require(self.name in OPTIMIZERS, f"optim.name: optimizer must be one of "
                                           f"{sorted(OPTIMIZERS)}, got {self.name!r}")
+        require(self.loss in LOSSES, f"optim.loss must be one of {sorted(LOSSES)}, got "
+                                     f"{self.loss!r}")
         require(self.learning_rate > 0,
                  f"optim.learning_rate must be > 0, got {self.learning_rate}")
         require(self.weight_decay >= 0,
@@ -356,8 +368,9 @@ class TrainConfig:
         top = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(d) - set(top))
         if unknown:
-            hints = [f"{k} (did you mean {s}.{k}?)" if k in _fields(c) else k
-                     for k in unknown for s, c in [_section_of(k)]]
+            # A flat, older key: name the first section that has it.
+            home = {f.name: s for s, c in reversed(SECTIONS.items()) for f in dataclasses.fields(c)}
+            hints = [f"{k} (did you mean {home[k]}.{k}?)" if k in home else k for k in unknown]
             raise ValueError(f"unknown training config key(s) {', '.join(hints)} "
                              f"(top-level keys: {', '.join(top)})")
         kwargs: dict[str, Any] = {k: v for k, v in d.items() if k not in SECTIONS and
@@ -385,15 +398,3 @@ class TrainConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) if self.out_dir else Path("runs") / self.name
-
-
-def _fields(cls: type | None) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
-
-
-def _section_of(key: str) -> tuple[str, type | None]:
-    """The sub-config that has a field ``key`` (for hints about flat, older keys)."""
-    for section, sub in SECTIONS.items():
-        if key in _fields(sub):
-            return section, sub
-    return "", None

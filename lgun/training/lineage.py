@@ -65,7 +65,7 @@ def training_record(
                        "weight_decay": optim.weight_decay, "learning_rate": optim.learning_rate,
                        "schedule": f"cosine to {schedule.min_learning_rate} over "
                                    f"{schedule.steps} steps or {schedule.max_minutes} min",
-                       "warmup_steps": schedule.warmup_steps, "loss": "L1",
+                       "warmup_steps": schedule.warmup_steps, "loss": optim.loss.upper(),
                        "ema_decay": optim.ema_decay},
             "hardware": hardware,
             "wall_s": round(wall_s, 1),

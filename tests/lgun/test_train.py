@@ -287,6 +287,18 @@ def test_shipped_x2_beats_bicubic_on_set5(shared_data: Path) -> None:
     assert recorded["psnr"] == pytest.approx(ours["psnr"], abs=1e-3)
 
 
+def test_l2_loss_trains_differently_and_is_recorded(tiny_data: Path, tmp_path: Path) -> None:
+    from lgun.pretrained import weights_meta
+
+    final = {}
+    for loss in ("l1", "l2"):
+        run = train(_tiny_cfg(tiny_data, tmp_path / loss, optim={"loss": loss},
+                              schedule={"steps": 2}))
+        final[loss] = torch.load(run / "last.pt", weights_only=True)["model"]
+        assert weights_meta(run / "final.safetensors").training["recipe"]["loss"] == loss.upper()
+    assert any(not torch.equal(v, final["l2"][k]) for k, v in final["l1"].items())
+
+
 def test_weights_record_their_degradation_and_scores(tiny_data: Path, tmp_path: Path) -> None:
     from lgun.pretrained import metric_key, weights_meta
     from lgun.training.config import DataConfig

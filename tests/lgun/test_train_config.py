@@ -23,6 +23,7 @@ def test_defaults_round_trip_through_plain_data() -> None:
     ("raw", "names"),
     [
         ({"steps": 3}, ["steps", "schedule.steps"]),  # a flat key of the older layout
+        ({"every": 3}, ["eval.every"]),  # in [eval] and [checkpoint]: the first is named
         ({"optim": {"lr": 1e-4}}, ["optim.lr", "learning_rate"]),
         ({"model": {"chanels": 16}}, ["chanels"]),
         ({"data": {"sources": [{"name": "a", "pth": "x"}]}}, ["data.sources[0]", "pth"]),
@@ -44,6 +45,7 @@ def test_unknown_keys_are_refused_by_name(raw: dict, names: list[str]) -> None:
     [
         ({"scale": 5}, "scale"),
         ({"optim": {"name": "sgd"}}, "optim.name"),
+        ({"optim": {"loss": "l3"}}, "optim.loss"),
         ({"optim": {"learning_rate": "fast"}}, "optim.learning_rate"),
         ({"optim": {"betas": [0.9]}}, "optim.betas"),
         ({"optim": {"ema_decay": 1.0}}, "optim.ema_decay"),
