@@ -117,8 +117,8 @@ class OptimConfig:
             tiny gradients, and short runs collapse them (docs/TRAINING_LOG.md, 2026-11-26).
             "adamw" shrinks every weight by only ``learning_rate * weight_decay`` per step;
             every shipped weight set was trained with it.
-        loss: "l1" (the paper's) or "l2" (mean squared error: PSNR's own measure, for a
-            short fine-tune at a low learning rate after L1 training).
+        loss: "l1" (the paper's) or "l2" (mean squared error, PSNR's own measure; a short
+            L2 fine-tune of L1-trained x4 weights lowered Set5, docs/TRAINING_LOG.md).
         learning_rate: Peak learning rate (see ``ScheduleConfig`` for its course).
         weight_decay: L2 term with "adam", decoupled with "adamw".
         betas: Adam betas.
