@@ -83,24 +83,24 @@ class Stage:
     gate: tuple[str, ...] = ("Set5",)  # keys whose mean, on the full sets here, decides publishing
 
 
-# The plan. Batches and patches are UNTESTED choices for one H200 and a 0.7M-parameter model:
+# The plan. On one H200 (2026-11-30, BENCHMARKS.md) every stage ran ~7 eager steps/s whatever
+# its batch and patch: launch-bound, so larger ones would cost little. The sizes' origin:
 # the CPU recipe (batch 8-16 of 64-pixel HR patches) would leave the GPU mostly idle, so 4-8x
 # the patches per step and 2-6x the pixels per patch; the LR patches (64, 48, 40, 36) keep the
 # LR pixels per step about equal (131k, 147k, 102k, 83k). The patches leave the crops room to
 # move (LR 64 of 96, 48 of 64, 40 of 48 positions per side; aerial 144 of AID-150's 150).
 PLAN: tuple[Stage, ...] = (
-    # x2 body first: the x3/x4 trained from a better x2 body gained ~1 dB on 2026-11-26
-    # (docs/TRAINING_LOG.md). A warm restart of the shipped x2 at a lower peak, as the CPU
-    # restart that gained 0.09 dB (2e-4 at batch 8; a bit higher for batch 32).
+    # x2: a warm restart of the shipped x2 at a lower peak, as the CPU restart that gained
+    # 0.09 dB (2e-4 at batch 8; a bit higher for batch 32).
     Stage("lgun-x2", 2, "lgun-x2", 0.32, 32, 128, 3e-4),
-    # x4 from the new x2 body, REC refitted (the CPU x4 made most of its gain in 1000 steps).
-    Stage("lgun-x4", 4, "lgun-x2", 0.28, 64, 160, 5e-4),
-    # x3: the same body, the smallest gain per minute so far.
-    Stage("lgun-x3", 3, "lgun-x2", 0.18, 64, 144, 5e-4),
+    # x4 and x3: warm restarts of the shipped weights (since 2026-11-30 they are many CPU hours
+    # past the x2 body they started from, and CPU restarts on 160/126-pixel patches still gained).
+    Stage("lgun-x4", 4, "lgun-x4", 0.28, 64, 160, 3e-4),
+    Stage("lgun-x3", 3, "lgun-x3", 0.18, 64, 144, 3e-4),
     # The sensor-trained aerial x4 (aerial_sensor.toml: bicubic/box/PSF LR, aerial + natural
-    # patches) continues the shipped one, whose sensor training the new natural x4 lacks; 144
-    # is the largest patch AID-150 allows, and small patches made the CPU run's blur estimate
-    # size-dependent (docs/TRAINING_LOG.md, 2026-11-30). The recipe's peak rate.
+    # patches) continues the shipped one, trained with the same mixture; 144 is the largest
+    # patch AID-150 allows, and small patches made the CPU run's blur estimate size-dependent
+    # (docs/TRAINING_LOG.md, 2026-11-30). The recipe's peak rate.
     Stage("lgun-aid-x4", 4, "lgun-aid-x4", 0.22, 64, 144, 2e-4, recipe="aerial_sensor.toml",
           scores=AERIAL_SCORES, gate=AERIAL_SCORES),
 )
@@ -308,6 +308,7 @@ def publish_candidates(folder: Path, *, weights_dir: Path | None = None,
     Smoke candidates are never written into the shipped weights (only into a ``weights_dir``)."""
     from lgun.evaluate import evaluate_model
     from lgun.pretrained import WEIGHTS_DIR, load_pretrained, load_weights, save_weights
+    from lgun.training.config import PublishConfig
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="gpu_candidates_") as tmp:
@@ -331,8 +332,9 @@ def publish_candidates(folder: Path, *, weights_dir: Path | None = None,
             if publish:  # the CPU scores replace the GPU ones; the other sets keep theirs
                 metrics = {**new.meta.metrics, **{k: {**v, "device": "cpu"}
                                                   for k, v in score.items()}}
-                save_weights(new.model, target, name=name, metadata={
-                    "training": new.meta.training, **new.meta.extra, "metrics": metrics})
+                save_weights(new.model, target, name=name, storage=PublishConfig().storage,
+                             metadata={"training": new.meta.training, **new.meta.extra,
+                                       "metrics": metrics})
             gpu = [new.meta.metrics.get(k, {}).get("psnr", math.nan) for k in gate]
             rows.append({"name": name, "gate": "+".join(gate), "old": mean["old"],
                          "new": mean["new"], "bicubic": sum(floor.values()) / len(gate),
