@@ -158,6 +158,12 @@ def metric_key(dataset: str, degradation: str = "bicubic") -> str:
     return dataset if degradation == "bicubic" else f"{dataset}@{degradation}"
 
 
+def parse_metric_key(key: str) -> tuple[str, str]:
+    """``metric_key``'s inverse: ``"aid150@box"`` -> ``("aid150", "box")``."""
+    dataset, _, degradation = key.partition("@")
+    return dataset, degradation or "bicubic"
+
+
 def metric_entry(result: dict[str, Any]) -> dict[str, Any]:
     """The score stored under ``metric_key`` from an ``lgun.evaluate`` result: the one shape
     every writer of ``metrics`` uses (publishing, ``pipelines.record_metrics``, GPU windows)."""

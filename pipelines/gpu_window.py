@@ -2,7 +2,8 @@
 
 ``prepare`` (here: what travels, under .pack/, see ``pipelines.gpu_pack``), then ``run`` (the
 default command, on the GPU: ``--out DIR [--minutes 8] [--compile]``), then ``publish DIR``
-(here). docs/TRAINING.md gives the procedure. Within ``--minutes`` in all, the window runs
+(here, ``pipelines.window_publish``). docs/TRAINING.md gives the procedure. Within
+``--minutes`` in all, the window runs
 
 1. the CUDA check of ``pipelines.gpu_cuda_check`` (<= 90 s) -> ``DIR/gpu_check.json``;
 2. the stages of ``PLAN``, each ``lgun.train.train`` time-boxed to its share of the minutes
@@ -11,8 +12,8 @@ default command, on the GPU: ``--out DIR [--minutes 8] [--compile]``), then ``pu
    (``<name>.safetensors`` + ``.json``) in ``DIR/candidates.zip``, rewritten after each stage;
 
 ``DIR`` gets 3 files with ``gpu_window.log`` (a GPU machine returns at most 8). ``--smoke``:
-the same code on CPU in under 2 minutes, on synthetic images. Only ``lgun`` is imported (the
-GPU machine has no rasterio).
+the same code on CPU in under 2 minutes, on synthetic images. ``run`` imports only ``lgun``
+(the GPU machine has no rasterio).
 """
 
 from __future__ import annotations
@@ -21,9 +22,7 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import os
-import re
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from lgun.paths import default_data_root
+from lgun.pretrained import parse_metric_key
 from pipelines.gpu_pack import (
     AERIAL,
     BENCH,
@@ -46,18 +46,16 @@ from pipelines.gpu_pack import (
     materialise,
     prepare,
 )
+from pipelines.window_publish import CANDIDATES, publish_candidates
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
-LOG_NAME, CHECK_NAME, CANDIDATES = "gpu_window.log", "gpu_check.json", "candidates.zip"
+LOG_NAME, CHECK_NAME = "gpu_window.log", "gpu_check.json"
 END_MARGIN_S = 15.0  # left unplanned at the end of the window
 SMOKE_STEPS, SMOKE_BATCH, SMOKE_PATCH = 3, 2, 32
 # Batches are made ahead by worker processes (lgun.training.batches): one sensor-mixture batch
 # costs a CPU core ~0.7 s, far more than its GPU step. All cores but the loop's and one spare;
 # the smoke run uses one worker, so that the path runs in CI too.
 DATA_WORKERS = max(1, min(14, (os.cpu_count() or 2) - 2))
-# Publishing: no gate score may fall more than this below the shipped weights' (a sensor model
-# may trade a little of the bicubic-LR protocol for box/PSF LR, never much).
-MAX_GATE_LOSS = 0.3
 AERIAL_SCORES = ("aid150", "aid150@box", "aid150@psf")  # lgun.pretrained.metric_key
 
 log = logging.getLogger("pipelines.gpu_window")
@@ -104,12 +102,6 @@ PLAN: tuple[Stage, ...] = (
     Stage("lgun-aid-x4", 4, "lgun-aid-x4", 0.22, 64, 144, 2e-4, recipe="aerial_sensor.toml",
           scores=AERIAL_SCORES, gate=AERIAL_SCORES),
 )
-
-
-def parse_key(key: str) -> tuple[str, str]:
-    """``metric_key``'s inverse: ``"aid150@box"`` -> ``("aid150", "box")``."""
-    dataset, _, degradation = key.partition("@")
-    return dataset, degradation or "bicubic"
 
 
 def stage_config(stage: Stage, *, init_from: str, minutes: float, pack: Path, data_root: Path,
@@ -163,7 +155,7 @@ def run_stage(cfg: Any, stage: Stage, *, cands: Path, scores: Sequence[str], win
     final = load_weights(run_dir / "final.safetensors", device=device)
     metrics = {}
     for key in scores:  # a set that cannot be scored costs its score, not the candidate
-        ds, deg = parse_key(key)
+        ds, deg = parse_metric_key(key)
         try:
             metrics[key] = {**validate(final.model, ds, stage.scale, device=device,
                                        data_root=cfg.data.root, degradation=deg),
@@ -236,7 +228,8 @@ def run_window(out: Path, *, minutes: float, smoke: bool, compile_model: bool, d
                 continue
             init = str(done.get(stage.init_from, stage.init_from))
             # A benchmark set that did not arrive is not scored; the aerial sets always are.
-            scores = [k for k in stage.scores if (ds := parse_key(k)[0]) in sets or ds not in SETS]
+            scores = [k for k in stage.scores
+                      if (ds := parse_metric_key(k)[0]) in sets or ds not in SETS]
             try:
                 cfg = stage_config(stage, init_from=init, minutes=max(train_s, 1) / 60,
                                    pack=pack, data_root=data_root, run_dir=runs / stage.name,
@@ -259,94 +252,6 @@ def run_window(out: Path, *, minutes: float, smoke: bool, compile_model: bool, d
         log.info("window done in %.0f s: %d of %d candidates in %s", time.time() - t_start,
                  len(rows), len(PLAN), out / CANDIDATES)
     return 0 if len(rows) == len(PLAN) else 1
-
-
-# ----------------------------------------------------------- Publishing, back on the CPU machine
-
-
-def unpack_candidates(folder: Path, dest: Path) -> list[Path]:
-    """The candidates' ``.safetensors`` of a window's folder: loose pairs there, and the pairs
-    of its ``candidates.zip`` extracted into ``dest`` (plain file names only)."""
-    found = sorted(folder.glob("*.safetensors"))
-    if (folder / CANDIDATES).is_file():
-        with zipfile.ZipFile(folder / CANDIDATES) as zf:
-            for name in zf.namelist():
-                if not re.fullmatch(r"[\w.-]+\.(safetensors|json)", name):
-                    raise ValueError(f"{folder / CANDIDATES}: unexpected member {name!r}")
-                (dest / name).write_bytes(zf.read(name))
-        found += sorted(dest.glob("*.safetensors"))
-    return found
-
-
-def _scores(model: Any, keys: Sequence[str], scale: int, data_root: Path | None
-            ) -> dict[str, dict[str, Any]]:
-    import torch
-
-    from lgun.training.publish import validate
-
-    return {k: validate(model, parse_key(k)[0], scale, device=torch.device("cpu"),
-                        data_root=data_root, degradation=parse_key(k)[1]) for k in keys}
-
-
-def gate_passes(new: dict[str, float], old: dict[str, float] | None,
-                floor: dict[str, float]) -> bool:
-    """The publishing rule on gate PSNRs: the mean beats the shipped weights' (``old``, None
-    when there are none), every score beats bicubic's (``floor``), and none falls more than
-    ``MAX_GATE_LOSS`` below the shipped one."""
-    above = all(new[k] > floor[k] for k in new)
-    if old is None:
-        return above
-    return (above and sum(new.values()) / len(new) > sum(old.values()) / len(old)
-            and all(new[k] >= old[k] - MAX_GATE_LOSS for k in new))
-
-
-def publish_candidates(folder: Path, *, weights_dir: Path | None = None,
-                       data_root: Path | None = None) -> list[dict[str, Any]]:
-    """Score each candidate of ``folder`` and the weights it would replace on its stage's gate
-    (full sets, CPU, here); publish it (``save_weights``) only if the gate's mean beats theirs,
-    every gate score beats bicubic's, and none falls more than ``MAX_GATE_LOSS`` below theirs.
-    Smoke candidates are never written into the shipped weights (only into a ``weights_dir``)."""
-    from lgun.evaluate import evaluate_model
-    from lgun.pretrained import WEIGHTS_DIR, load_pretrained, load_weights, save_weights
-    from lgun.training.config import PublishConfig
-
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="gpu_candidates_") as tmp:
-        for cand in unpack_candidates(folder, Path(tmp)):
-            new = load_weights(cand)  # sha256-checked
-            name, scale = new.meta.name, new.meta.scale
-            stage = new.meta.extra.get("gpu_window", {}).get("stage", {})
-            gate = tuple(stage.get("gate", ("Set5",)))
-            target = (weights_dir or WEIGHTS_DIR) / f"{name}.safetensors"
-            score = _scores(new.model, gate, scale, data_root)
-            old = (_scores(load_pretrained(target), gate, scale, data_root)
-                   if target.is_file() else {})
-            floor = {k: evaluate_model("bicubic", parse_key(k)[0], scale, data_root=data_root,
-                                       degradation=parse_key(k)[1])["psnr"] for k in gate}
-            psnr = {w: {k: v["psnr"] for k, v in d.items()} for w, d in (("new", score),
-                                                                          ("old", old))}
-            mean = {w: sum(d.values()) / len(d) if d else -math.inf for w, d in psnr.items()}
-            better = gate_passes(psnr["new"], psnr["old"] or None, floor)
-            smoke = bool(new.meta.extra.get("gpu_window", {}).get("smoke"))
-            publish = better and not (smoke and weights_dir is None)
-            if publish:  # the CPU scores replace the GPU ones; the other sets keep theirs
-                metrics = {**new.meta.metrics, **{k: {**v, "device": "cpu"}
-                                                  for k, v in score.items()}}
-                save_weights(new.model, target, name=name, storage=PublishConfig().storage,
-                             metadata={"training": new.meta.training, **new.meta.extra,
-                                       "metrics": metrics})
-            gpu = [new.meta.metrics.get(k, {}).get("psnr", math.nan) for k in gate]
-            rows.append({"name": name, "gate": "+".join(gate), "old": mean["old"],
-                         "new": mean["new"], "bicubic": sum(floor.values()) / len(gate),
-                         "gpu": sum(gpu) / len(gate), "decision": "published" if publish else
-                         ("kept (smoke candidate)" if smoke and better else "kept"),
-                         "target": str(target)})
-    print(f"{'weights':<12} {'gate (mean)':<26} {'old':>9} {'new (CPU)':>10} {'new (GPU)':>10} "
-          f"{'bicubic':>8}  decision")
-    for r in rows:
-        print(f"{r['name']:<12} {r['gate']:<26} {r['old']:>9.4f} {r['new']:>10.4f} "
-              f"{r['gpu']:>10.4f} {r['bicubic']:>8.4f}  {r['decision']}")
-    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:

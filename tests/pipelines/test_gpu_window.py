@@ -9,34 +9,29 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
 import lgun.pretrained
 from lgun.evaluate import DATASETS
-from lgun.pretrained import WEIGHTS_DIR, load_weights, save_weights, sha256_file
+from lgun.pretrained import WEIGHTS_DIR, load_weights, sha256_file
 from pipelines.gpu_pack import (
     AERIAL_SUBSETS,
     SETS,
     copy_aerial,
     make_synthetic_data,
 )
-from pipelines.gpu_window import (
-    AERIAL_SCORES,
+from pipelines.gpu_window import AERIAL_SCORES, CHECK_NAME, CONFIGS, LOG_NAME, PLAN, main
+from pipelines.train import load_config
+from pipelines.window_publish import (
     CANDIDATES,
-    CHECK_NAME,
-    CONFIGS,
-    LOG_NAME,
     MAX_GATE_LOSS,
-    PLAN,
     gate_passes,
-    main,
     publish_candidates,
     unpack_candidates,
 )
-from pipelines.train import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -62,16 +57,6 @@ def cands(window: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
     return make_synthetic_data(tmp_path / "data")
-
-
-def _degraded(src: Path, dest: Path) -> Path:
-    """A copy of the weights at ``src`` (same name and metadata) whose REC outputs zeros."""
-    w = load_weights(src)
-    with torch.no_grad():
-        w.model.rec[0].weight.zero_()
-        w.model.rec[0].bias.zero_()
-    return save_weights(w.model, dest / src.name, name=w.meta.name, metadata={
-        "training": w.meta.training, "metrics": w.meta.metrics, **w.meta.extra})
 
 
 def _copy_pair(src: Path, dest: Path) -> None:
@@ -131,17 +116,18 @@ def test_gate_rule() -> None:
 
 
 def test_publish_keeps_better_weights_and_replaces_worse(
-        cands: Path, tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        cands: Path, tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str],
+        zeroed_rec: Callable[..., Path]) -> None:
     shipped = sha256_file(WEIGHTS_DIR / "lgun-x2.safetensors")
     pub = tmp_path / "published"
     _copy_pair(WEIGHTS_DIR / "lgun-x2.safetensors", pub)
     # A candidate worse than the weights there: kept.
-    worse = _degraded(cands / "lgun-x2.safetensors", tmp_path / "worse")
+    worse = zeroed_rec(cands / "lgun-x2.safetensors", tmp_path / "worse")
     rows = publish_candidates(worse.parent, weights_dir=pub, data_root=data)
     assert [r["decision"] for r in rows] == ["kept"] and rows[0]["new"] < rows[0]["old"]
     assert sha256_file(pub / "lgun-x2.safetensors") == shipped
     # Worse weights there: the candidate replaces them, with its CPU Set5 score.
-    _degraded(pub / "lgun-x2.safetensors", pub)
+    zeroed_rec(pub / "lgun-x2.safetensors", pub)
     _copy_pair(cands / "lgun-x2.safetensors", tmp_path / "candidate")
     assert main(["publish", str(tmp_path / "candidate"), "--weights-dir", str(pub),
                  "--data-root", str(data)]) == 0
@@ -153,10 +139,11 @@ def test_publish_keeps_better_weights_and_replaces_worse(
 
 
 def test_smoke_candidates_never_replace_the_shipped_weights(
-        cands: Path, tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        cands: Path, tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch,
+        zeroed_rec: Callable[..., Path]) -> None:
     shipped = tmp_path / "shipped"  # stands in for lgun/weights
     _copy_pair(WEIGHTS_DIR / "lgun-x2.safetensors", shipped)
-    _degraded(shipped / "lgun-x2.safetensors", shipped)
+    zeroed_rec(shipped / "lgun-x2.safetensors", shipped)
     before = sha256_file(shipped / "lgun-x2.safetensors")
     monkeypatch.setattr(lgun.pretrained, "WEIGHTS_DIR", shipped)
     _copy_pair(cands / "lgun-x2.safetensors", tmp_path / "candidate")
@@ -174,14 +161,24 @@ def test_help_names_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_publish_reads_the_zip_and_gates_aerial_candidates_on_their_scores(
-        window: Path, tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        window: Path, tmp_path: Path, data: Path, capsys: pytest.CaptureFixture[str],
+        zeroed_rec: Callable[..., Path], aerial_rasters: Callable[..., list[Path]]) -> None:
     pub = tmp_path / "published"
     _copy_pair(WEIGHTS_DIR / "lgun-aid-x4.safetensors", pub)
-    _degraded(pub / "lgun-aid-x4.safetensors", pub)  # REC zeroed: far below bicubic
+    zeroed_rec(pub / "lgun-aid-x4.safetensors", pub)  # REC zeroed: far below bicubic
+    shutil.copy(pub / "lgun-aid-x4.safetensors", window / "stale.safetensors")  # not in the zip
+    # No rasters for the GeoTIFF gate: the aerial candidate is held back, however good.
     assert main(["publish", str(window), "--weights-dir", str(pub), "--data-root",
                  str(data)]) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
-    assert set(rows) == {s.name for s in PLAN}
+    assert set(rows) == {s.name for s in PLAN}  # the zip's candidates, nothing else
+    assert rows["lgun-aid-x4"].endswith("kept (GeoTIFF gate: rasters missing)")
+    aerial_rasters(data)
+    assert main(["publish", str(window), "--weights-dir", str(pub), "--data-root",
+                 str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "GeoTIFF gate: passed" in out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("lgun-")}
     assert "+".join(AERIAL_SCORES) in rows["lgun-aid-x4"]
     assert rows["lgun-aid-x4"].endswith("published")
     meta = load_weights(pub / "lgun-aid-x4.safetensors").meta
