@@ -81,25 +81,23 @@ class Stage:
     gate: tuple[str, ...] = ("Set5",)  # keys whose mean, on the full sets here, decides publishing
 
 
-# The plan. On one H200 (2026-11-30, BENCHMARKS.md) every stage ran ~7 eager steps/s whatever
-# its batch and patch: launch-bound, so larger ones would cost little. The sizes' origin:
-# the CPU recipe (batch 8-16 of 64-pixel HR patches) would leave the GPU mostly idle, so 4-8x
-# the patches per step and 2-6x the pixels per patch; the LR patches (64, 48, 40, 36) keep the
-# LR pixels per step about equal (131k, 147k, 102k, 83k). The patches leave the crops room to
-# move (LR 64 of 96, 48 of 64, 40 of 48 positions per side; aerial 144 of AID-150's 150).
+# The plan. The first window on one H200 (2026-11-30, BENCHMARKS.md, docs/TRAINING_LOG.md) ran
+# four stages of 60-90 s at ~7 eager steps/s whatever the batch and patch (launch-bound: larger
+# batches cost nothing) and moved annealed weights little: x2 -0.02 dB at a 3e-4 peak, x4
+# +0.003, x3 +0.03; its aerial x4 lost the cloud raster to lanczos (more PSF sharpening). Hence
+# fewer, longer stages with 2-4x the batch: the two scales short of their targets (x2, x3) at a
+# lower peak, and the aerial x4 at half its recipe's peak. x4 (target met) trains on the CPU.
+# Memory bounds the batches (x2's 64^2 LR patches cost the most per sample): untried sizes.
 PLAN: tuple[Stage, ...] = (
-    # x2: a warm restart of the shipped x2 at a lower peak, as the CPU restart that gained
-    # 0.09 dB (2e-4 at batch 8; a bit higher for batch 32).
-    Stage("lgun-x2", 2, "lgun-x2", 0.32, 32, 128, 3e-4),
-    # x4 and x3: warm restarts of the shipped weights (since 2026-11-30 they are many CPU hours
-    # past the x2 body they started from, and CPU restarts on 160/126-pixel patches still gained).
-    Stage("lgun-x4", 4, "lgun-x4", 0.28, 64, 160, 3e-4),
-    Stage("lgun-x3", 3, "lgun-x3", 0.18, 64, 144, 3e-4),
+    # x2: a warm restart of the shipped x2 (the CPU restart that gained 0.09 dB peaked at 2e-4).
+    Stage("lgun-x2", 2, "lgun-x2", 0.42, 96, 128, 2e-4),
+    # x3: a warm restart of the shipped x3 (CPU restarts on 126/144-pixel patches still gain).
+    Stage("lgun-x3", 3, "lgun-x3", 0.40, 128, 144, 2e-4),
     # The sensor-trained aerial x4 (aerial_sensor.toml: bicubic/box/PSF LR, aerial + natural
     # patches) continues the shipped one, trained with the same mixture; 144 is the largest
     # patch AID-150 allows, and small patches made the CPU run's blur estimate size-dependent
-    # (docs/TRAINING_LOG.md, 2026-11-30). The recipe's peak rate.
-    Stage("lgun-aid-x4", 4, "lgun-aid-x4", 0.22, 64, 144, 2e-4, recipe="aerial_sensor.toml",
+    # (docs/TRAINING_LOG.md, 2026-11-30). Publishing also runs the GeoTIFF gate.
+    Stage("lgun-aid-x4", 4, "lgun-aid-x4", 0.18, 64, 144, 1e-4, recipe="aerial_sensor.toml",
           scores=AERIAL_SCORES, gate=AERIAL_SCORES),
 )
 

@@ -82,8 +82,8 @@ def test_smoke_window_returns_loadable_candidates(window: Path, cands: Path) -> 
         assert w.model.config.scale == stage.scale and w.meta.name == stage.name
         assert set(w.meta.metrics) == set(stage.scores) and w.meta.training["steps"] == 3
         assert w.meta.extra["gpu_window"]["smoke"] is True
-    x4 = load_weights(cands / "lgun-x4.safetensors").meta.training
-    assert x4["init_from"].startswith("lgun-x4") and "all tensors" in x4["init_from"]  # restart
+    x3 = load_weights(cands / "lgun-x3.safetensors").meta.training
+    assert x3["init_from"].startswith("lgun-x3") and "all tensors" in x3["init_from"]  # restart
     aid = load_weights(cands / "lgun-aid-x4.safetensors").meta
     assert {m["degradation"] for k, m in aid.metrics.items() if "@" in k} == {"box", "psf"}
     assert "box" in json.dumps(aid.training["degradation"])  # trained on the sensor mixture
