@@ -91,15 +91,16 @@ def gate_passes(new: Mapping[str, float], old: Mapping[str, float] | None) -> bo
     return kept and mean["new"] >= mean["old"] - MAX_MARGIN_LOSS
 
 
-def check(candidate: Path, against: str | Path | None, scale: int, data_root: Path
+def check(candidate: Path, against: str | Path | None, scale: int, rasters: Sequence[Path]
           ) -> tuple[bool, str]:
-    """Run the gate for ``candidate`` against ``against`` (None: nothing to replace).
+    """Run the gate for ``candidate`` against ``against`` (None: nothing to replace) on
+    ``rasters`` (``raster_paths``).
 
     Returns:
         Whether it passes, and a table of the margins to print.
     """
     models = {"new": str(candidate), **({"old": str(against)} if against is not None else {})}
-    m, best = margins(models, scale, raster_paths(data_root))
+    m, best = margins(models, scale, rasters)
     passed = gate_passes(m["new"], m.get("old"))
     lines = [f"{'raster':<36} {'classical':>9} {'old':>7} {'new':>7}  (dB over the better "
              f"of {' and '.join(CLASSICAL)}, x{scale})"]
@@ -134,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if against is None and (WEIGHTS_DIR / f"{meta.name}.safetensors").is_file():
             against = meta.name
         passed, table = check(a.candidate, against, meta.scale,
-                              a.data_root or default_data_root())
+                              raster_paths(a.data_root or default_data_root()))
     except (GeosrError, OSError, ValueError, RuntimeError) as e:  # WeightsError: RuntimeError
         print(f"python -m pipelines.geotiff_gate: error: {e}", file=sys.stderr)
         return 2

@@ -69,9 +69,10 @@ def _geotiff_gate(cand: Path, against: Path | None, scale: int, data_root: Path 
     from lgun.paths import default_data_root
 
     try:
-        passed, table = geotiff_gate.check(cand, against, scale, data_root or default_data_root())
-    except FileNotFoundError:
+        rasters = geotiff_gate.raster_paths(data_root or default_data_root())
+    except FileNotFoundError:  # only the corpus' absence; errors while scoring propagate
         return "GeoTIFF gate: rasters missing"
+    passed, table = geotiff_gate.check(cand, against, scale, rasters)
     print(f"{cand.stem}:\n{table}")
     return "" if passed else "GeoTIFF gate failed"
 
