@@ -47,9 +47,13 @@ def applies_to(name: str) -> bool:
     return name.startswith("lgun-aid-")
 
 
-def raster_paths(data_root: Path) -> list[Path]:
-    """The gate's rasters under ``data_root``; FileNotFoundError naming any that is missing."""
-    paths = [data_root / "geotiff" / r for r in AERIAL_RASTERS]
+def raster_paths(data_root: Path | None = None) -> list[Path]:
+    """The gate's rasters under ``data_root`` (None: ``lgun.paths.default_data_root()``);
+    FileNotFoundError naming any that is missing."""
+    from lgun.paths import default_data_root
+
+    root = data_root or default_data_root()
+    paths = [root / "geotiff" / r for r in AERIAL_RASTERS]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"GeoTIFF gate rasters missing: {', '.join(missing)}")
@@ -117,7 +121,6 @@ def check(candidate: Path, against: str | Path | None, scale: int, rasters: Sequ
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point: 0 when the candidate passes, 1 when it fails, 2 for bad input."""
     from geosr.errors import GeosrError
-    from lgun.paths import default_data_root
     from lgun.pretrained import WEIGHTS_DIR, load_weights
 
     p = argparse.ArgumentParser(prog="python -m pipelines.geotiff_gate",
@@ -135,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if against is None and (WEIGHTS_DIR / f"{meta.name}.safetensors").is_file():
             against = meta.name
         passed, table = check(a.candidate, against, meta.scale,
-                              raster_paths(a.data_root or default_data_root()))
+                              raster_paths(a.data_root))
     except (GeosrError, OSError, ValueError, RuntimeError) as e:  # WeightsError: RuntimeError
         print(f"python -m pipelines.geotiff_gate: error: {e}", file=sys.stderr)
         return 2

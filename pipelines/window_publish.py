@@ -66,10 +66,8 @@ def gate_passes(new: dict[str, float], old: dict[str, float] | None,
 
 def _geotiff_gate(cand: Path, against: Path | None, scale: int, data_root: Path | None) -> str:
     """Run ``pipelines.geotiff_gate`` (table printed); "" when it passes, else the reason."""
-    from lgun.paths import default_data_root
-
     try:
-        rasters = geotiff_gate.raster_paths(data_root or default_data_root())
+        rasters = geotiff_gate.raster_paths(data_root)
     except FileNotFoundError:  # only the corpus' absence; errors while scoring propagate
         return "GeoTIFF gate: rasters missing"
     passed, table = geotiff_gate.check(cand, against, scale, rasters)
