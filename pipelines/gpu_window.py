@@ -85,9 +85,9 @@ class Stage:
 # four stages of 60-90 s at ~7 eager steps/s whatever the batch and patch (launch-bound: larger
 # batches cost nothing) and moved annealed weights little: x2 -0.02 dB at a 3e-4 peak, x4
 # +0.003, x3 +0.03; its aerial x4 lost the cloud raster to lanczos (more PSF sharpening). Hence
-# fewer, longer stages with 2-4x the batch at a lower peak: most of the time to x2 (the one
-# scale short of its Set5 target), then the aerial x4 at half its recipe's peak (short of its
-# sensor targets) and x3 (target met since on the CPU). x4 (target met) trains on the CPU.
+# fewer, longer stages with 2-4x the batch at a lower peak: half the time to x2 (the one scale
+# short of its Set5 target), about a quarter each to x3 (target met since on the CPU) and to the
+# aerial x4 at half its recipe's peak (short of its sensor targets). x4 (met) trains on the CPU.
 # Memory bounds the batches (x2's 64^2 LR patches cost the most per sample): untried sizes.
 PLAN: tuple[Stage, ...] = (
     # x2: a warm restart of the shipped x2 (the CPU restart that gained 0.09 dB peaked at 2e-4).
