@@ -142,31 +142,35 @@ def train(cfg: TrainConfig) -> Path:
                           workers=cfg.runtime.data_workers, pin_memory=device.type == "cuda")
     first_step = state.step
     model.train()
-    while progress(state.step, wall(), cfg.schedule) < 1.0:
-        rate = learning_rate(state.step, wall(), cfg.schedule, cfg.optim.learning_rate)
-        for g in opt.param_groups:
-            g["lr"] = rate
-        lr_b, hr_b = next(batches)
-        lr_t = lr_b.to(device, non_blocking=True)
-        hr_t = hr_b.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            loss = loss_fn(net(lr_t).float(), hr_t)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        opt.step()
-        if ema is not None:
-            update_ema(ema, model, cfg.optim.ema_decay, state.step)
-        state.step += 1
-        bar.update(state.step - 1, loss.item(), opt.param_groups[0]["lr"])
-        done = progress(state.step, wall(), cfg.schedule) >= 1.0
-        if state.step % cfg.checkpoint.every == 0 and not done:
-            checkpoint()
-        if cfg.eval.every and state.step % cfg.eval.every == 0 and not done:
-            validate_and_publish(final=False)
-    bar.close()
-    batches.close()
+    # The worker processes end with the loop, also when a step fails (a GPU window retries a
+    # stage that ran out of memory with a smaller batch, in the same process).
+    try:
+        while progress(state.step, wall(), cfg.schedule) < 1.0:
+            rate = learning_rate(state.step, wall(), cfg.schedule, cfg.optim.learning_rate)
+            for g in opt.param_groups:
+                g["lr"] = rate
+            lr_b, hr_b = next(batches)
+            lr_t = lr_b.to(device, non_blocking=True)
+            hr_t = hr_b.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = loss_fn(net(lr_t).float(), hr_t)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            opt.step()
+            if ema is not None:
+                update_ema(ema, model, cfg.optim.ema_decay, state.step)
+            state.step += 1
+            bar.update(state.step - 1, loss.item(), opt.param_groups[0]["lr"])
+            done = progress(state.step, wall(), cfg.schedule) >= 1.0
+            if state.step % cfg.checkpoint.every == 0 and not done:
+                checkpoint()
+            if cfg.eval.every and state.step % cfg.eval.every == 0 and not done:
+                validate_and_publish(final=False)
+    finally:
+        bar.close()
+        batches.close()
     log.info("data: %.1f s waiting for %d batches (%d worker processes)", batches.wait_s,
              state.step - first_step, cfg.runtime.data_workers)
     checkpoint()

@@ -27,10 +27,10 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lgun.paths import default_data_root
 from lgun.pretrained import parse_metric_key
@@ -59,6 +59,7 @@ DATA_WORKERS = max(1, min(14, (os.cpu_count() or 2) - 2))
 AERIAL_SCORES = ("aid150", "aid150@box", "aid150@psf")  # lgun.pretrained.metric_key
 
 log = logging.getLogger("pipelines.gpu_window")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,8 @@ class Stage:
 # fewer, longer stages with 2-4x the batch at a lower peak: half the time to x2 (the one scale
 # short of its Set5 target), about a quarter each to x3 (target met since on the CPU) and to the
 # aerial x4 at half its recipe's peak (short of its sensor targets). x4 (met) trains on the CPU.
-# Memory bounds the batches (x2's 64^2 LR patches cost the most per sample): untried sizes.
+# Memory bounds the batches (x2's 64^2 LR patches cost the most per sample): untried sizes, so
+# a stage that runs out of device memory runs again at half the batch (with_batch_fallback).
 PLAN: tuple[Stage, ...] = (
     # x2: a warm restart of the shipped x2 (the CPU restart that gained 0.09 dB peaked at 2e-4).
     Stage("lgun-x2", 2, "lgun-x2", 0.52, 96, 128, 2e-4),
@@ -104,9 +106,11 @@ PLAN: tuple[Stage, ...] = (
 
 
 def stage_config(stage: Stage, *, init_from: str, minutes: float, pack: Path, data_root: Path,
-                 run_dir: Path, device: str, smoke: bool, compile_model: bool) -> Any:
-    """The stage recipe's ``TrainConfig`` with the stage's values, its natural source replaced
-    by the pack (the others are data-root folders that travel); publishing off."""
+                 run_dir: Path, device: str, smoke: bool, compile_model: bool,
+                 batch_size: int | None = None) -> Any:
+    """The stage recipe's ``TrainConfig`` with the stage's values (``batch_size`` overrides the
+    stage's), its natural source replaced by the pack (the others are data-root folders that
+    travel); publishing off."""
     from pipelines.train import load_config
 
     base = load_config(CONFIGS / stage.recipe)
@@ -116,7 +120,7 @@ def stage_config(stage: Stage, *, init_from: str, minutes: float, pack: Path, da
     return r(base, name=f"gpu-{stage.name}", scale=stage.scale, init_from=init_from, resume="",
              out_dir=str(run_dir), fit_batches=1 if smoke else base.fit_batches,
              data=r(base.data, sources=sources, root=str(data_root),
-                    batch_size=SMOKE_BATCH if smoke else stage.batch_size,
+                    batch_size=batch_size or (SMOKE_BATCH if smoke else stage.batch_size),
                     patch_size=SMOKE_PATCH if smoke else stage.patch_size),
              optim=r(base.optim, learning_rate=stage.learning_rate),
              # The time box ends a real stage; a smoke stage runs its steps, whatever the load.
@@ -127,6 +131,46 @@ def stage_config(stage: Stage, *, init_from: str, minutes: float, pack: Path, da
              publish=r(base.publish, name="", dir=""),  # never publish on the GPU machine
              runtime=r(base.runtime, device=device, amp=True, compile=compile_model,
                        data_workers=1 if smoke else DATA_WORKERS, log_every=1 if smoke else 100))
+
+
+def stage_seconds(stage: Stage, left: Sequence[Stage], deadline: float, reserve_s: float
+                  ) -> float:
+    """The training seconds of ``stage``: its share, among the stages ``left``, of the time to
+    ``deadline`` less ``reserve_s`` per stage left (its start-up and scoring)."""
+    return (deadline - time.time() - len(left) * reserve_s) * (
+        stage.share / sum(s.share for s in left))
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the device running out of memory: torch's own error, or the message
+    of a library (cuDNN, cuBLAS) that failed to allocate."""
+    import torch
+
+    text = str(exc)
+    return (isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text.lower()
+            or "ALLOC_FAILED" in text)
+
+
+def with_batch_fallback(run: Callable[[int], T], batch: int, *, what: str) -> T:
+    """``run(batch)``, halving the batch (down to 1) while the device runs out of memory: a
+    window has no time to be rerun, and an out-of-memory error comes at the first step."""
+    import gc
+
+    import torch
+
+    while True:
+        try:
+            return run(batch)
+        except Exception as exc:
+            if batch <= 1 or not out_of_memory(exc):
+                raise
+            log.warning("%s: out of device memory at batch %d (%s); again at batch %d", what,
+                        batch, str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                        batch // 2)
+        batch //= 2
+        gc.collect()  # the failed step's tensors, held by the traceback until here
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def write_candidates(folder: Path, out: Path) -> None:
@@ -219,25 +263,32 @@ def run_window(out: Path, *, minutes: float, smoke: bool, compile_model: bool, d
         cands.mkdir()
         rows = []
         for i, stage in enumerate(PLAN):
-            left = PLAN[i:]
-            train_s = (deadline - time.time() - len(left) * (eval_s + overhead_s)) * (
-                stage.share / sum(s.share for s in left))
-            if train_s < 10 and not smoke:
+            left, reserve_s = PLAN[i:], eval_s + overhead_s
+            if (train_s := stage_seconds(stage, left, deadline, reserve_s)) < 10 and not smoke:
                 log.error("stage %s skipped: %.0f s left to train", stage.name, train_s)
                 continue
             init = str(done.get(stage.init_from, stage.init_from))
             # A benchmark set that did not arrive is not scored; the aerial sets always are.
             scores = [k for k in stage.scores
                       if (ds := parse_metric_key(k)[0]) in sets or ds not in SETS]
-            try:
+
+            def attempt(batch: int, stage: Stage = stage, left: tuple[Stage, ...] = left,
+                        init: str = init, scores: list[str] = scores,
+                        reserve_s: float = reserve_s) -> dict[str, Any]:
+                train_s = stage_seconds(stage, left, deadline, reserve_s)  # a retry: what is left
                 cfg = stage_config(stage, init_from=init, minutes=max(train_s, 1) / 60,
-                                   pack=pack, data_root=data_root, run_dir=runs / stage.name,
-                                   device=device, smoke=smoke, compile_model=compile_model)
+                                   pack=pack, data_root=data_root,
+                                   run_dir=runs / f"{stage.name}-b{batch}", device=device,
+                                   smoke=smoke, compile_model=compile_model, batch_size=batch)
                 log.info("stage %s: x%d from %s, %.0f s of training, batch %d, patch %d, lr "
                          "%g, recipe %s", stage.name, stage.scale, init, train_s,
                          cfg.data.batch_size, cfg.data.patch_size, stage.learning_rate,
                          stage.recipe)
-                row = run_stage(cfg, stage, cands=cands, scores=scores, window=window)
+                return run_stage(cfg, stage, cands=cands, scores=scores, window=window)
+
+            try:
+                row = with_batch_fallback(attempt, SMOKE_BATCH if smoke else stage.batch_size,
+                                          what=f"stage {stage.name}")
                 write_candidates(cands, out)  # what a stopped window still returns
             except Exception:
                 log.exception("stage %s failed", stage.name)

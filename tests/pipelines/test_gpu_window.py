@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 import lgun.pretrained
 from lgun.evaluate import DATASETS
@@ -23,7 +24,16 @@ from pipelines.gpu_pack import (
     copy_aerial,
     make_synthetic_data,
 )
-from pipelines.gpu_window import AERIAL_SCORES, CHECK_NAME, CONFIGS, LOG_NAME, PLAN, main
+from pipelines.gpu_window import (
+    AERIAL_SCORES,
+    CHECK_NAME,
+    CONFIGS,
+    LOG_NAME,
+    PLAN,
+    main,
+    out_of_memory,
+    with_batch_fallback,
+)
 from pipelines.train import load_config
 from pipelines.window_publish import (
     CANDIDATES,
@@ -184,3 +194,35 @@ def test_publish_reads_the_zip_and_gates_aerial_candidates_on_their_scores(
     meta = load_weights(pub / "lgun-aid-x4.safetensors").meta
     assert {k for k, m in meta.metrics.items() if m.get("device") == "cpu"} == set(AERIAL_SCORES)
     assert meta.metrics["aid150@psf"]["degradation"] == "psf"
+
+
+def test_a_stage_out_of_device_memory_runs_again_at_half_the_batch() -> None:
+    tried: list[int] = []
+
+    def run(batch: int) -> int:
+        tried.append(batch)
+        if batch > 20:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return batch
+
+    assert with_batch_fallback(run, 96, what="stage") == 12 and tried == [96, 48, 24, 12]
+    assert out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
+    assert not out_of_memory(RuntimeError("shape mismatch"))
+
+    def broken(batch: int) -> int:
+        tried.append(batch)
+        raise ValueError("not a memory error")
+
+    tried.clear()
+    with pytest.raises(ValueError):  # anything else fails the stage at once
+        with_batch_fallback(broken, 96, what="stage")
+    assert tried == [96]
+
+    def never_fits(batch: int) -> int:
+        tried.append(batch)
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    tried.clear()
+    with pytest.raises(torch.OutOfMemoryError):  # down to one sample, then the stage fails
+        with_batch_fallback(never_fits, 4, what="stage")
+    assert tried == [4, 2, 1]
