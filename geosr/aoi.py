@@ -74,7 +74,12 @@ def _read_with_ogr(path: Path) -> dict[str, Any]:
         capture_output=True, text=True, check=False,
     )
     if res.returncode != 0:
-        msg = (res.stderr.strip().splitlines() or ["unreadable"])[-1]
+        # ogr2ogr lists every driver it tried ("  -> `HTTP'"); keep its first real message.
+        lines = [ln.strip() for ln in res.stderr.splitlines()]
+        lines = [ln for ln in lines if ln and not ln.startswith("->") and ln != "FAILURE:"]
+        msg = lines[0] if lines else "unreadable"
+        if msg.startswith("Unable to open datasource"):
+            msg = "not a vector file GDAL can open (GeoJSON, Shapefile, GeoPackage, ...)"
         raise OptionError(f"cannot read AOI {path}: {msg}")
     return json.loads(res.stdout)
 

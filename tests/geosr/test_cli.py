@@ -50,6 +50,9 @@ def test_default_output_is_beside_input(scene: Path, capsys: pytest.CaptureFixtu
     (["--scale", "2", "--tile-size", "8"], "tile size"),
     (["--scale", "2", "--device", "tpu"], "device"),
     (["--scale", "2", "--aoi", "/nonexistent.geojson"], "AOI"),
+    pytest.param(["--scale", "2", "--aoi", str(EXAMPLE)], "not a vector file",
+                 marks=pytest.mark.skipif(shutil.which("ogr2ogr") is None,
+                                          reason="needs GDAL's ogr2ogr")),
 ])
 def test_bad_options_are_one_line(scene: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                   args: list[str], needle: str) -> None:
